@@ -1,0 +1,114 @@
+//! `imd`: the chat server binary. Parses flags, sets up logging, binds, and
+//! hands over to [`imchat::server::run`] until Ctrl-C or SIGTERM.
+
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use imchat::server::{self, Config};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// imd: a TCP chat server speaking the seed tutorial's line protocol.
+///
+/// Clients connect with nc, telnet, the seed's client or `imc`. Lines:
+/// `who`, `rename|NAME`, `to|NAME|MESSAGE`, anything else is a public
+/// message. See PROTOCOL.md. Logs go to stderr; set RUST_LOG (e.g.
+/// RUST_LOG=debug) to change the level.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "IMD_IP", default_value = "127.0.0.1")]
+    ip: IpAddr,
+    /// Port to listen on; 0 picks a free one (printed on stdout).
+    #[arg(long, env = "IMD_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Longest line accepted, in bytes; longer lines are refused and skipped.
+    #[arg(long, env = "IMD_MAX_LINE", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
+    max_line: u32,
+    /// Bytes that may wait for one user before it is disconnected as too slow.
+    #[arg(long, env = "IMD_QUEUE_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    queue_bytes: u64,
+    /// Seconds of silence before a user is disconnected; 0 turns it off.
+    #[arg(long, env = "IMD_IDLE_TIMEOUT", default_value_t = 300)]
+    idle_timeout: u64,
+    /// Most simultaneous connections; more are told "server full".
+    #[arg(long, env = "IMD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Online/offline/rename notices are sent only while at most this many
+    /// users are online (each join told to everyone costs N² lines).
+    #[arg(long, env = "IMD_PRESENCE_LIMIT", default_value_t = 1000)]
+    presence_limit: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    let config = Config {
+        max_line: args.max_line as usize,
+        queue_bytes: args.queue_bytes as usize,
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        max_connections: args.max_connections as usize,
+        presence_limit: args.presence_limit as usize,
+        ..Config::default()
+    };
+    let listener = match TcpListener::bind((args.ip, args.port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("imd: cannot listen on {}:{}: {e}", args.ip, args.port);
+            return ExitCode::from(1);
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("imd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // The first stdout line, so scripts and tests can learn the port.
+    let mut stdout = tokio::io::stdout();
+    let _ = stdout
+        .write_all(format!("imd listening on {addr}\n").as_bytes())
+        .await;
+    let _ = stdout.flush().await;
+    tracing::info!(%addr, "listening");
+    server::run(listener, config, shutdown_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,1 @@
+//! `imc` commands (filled in by the imc work).

@@ -1,0 +1,262 @@
+//! One client connection: read lines, run commands, queue replies.
+//!
+//! Each connection is two tasks. This one reads and frames the client's
+//! lines ([`LineCodec`]) and runs each command against the [`Registry`]; the
+//! writer task ([`crate::outbox::Drain`]) writes whatever is queued for the
+//! user. Reading never waits on writing, so a client that does not read can
+//! only fill its own queue, and is then cut off.
+//!
+//! The handler is generic over the read and write halves so it can be driven
+//! by a TCP socket or, in unit tests, by `tokio_test::io` mocks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{Frame, FrameError, LineCodec};
+use crate::outbox::outbox;
+use crate::protocol::{validate_name, visible, Command, ErrorCode, LeaveReason, ServerLine};
+use crate::registry::{wire, Peer, Registry};
+use crate::server::Config;
+
+/// What every connection shares: the registry and the limits.
+#[derive(Debug)]
+pub struct Shared {
+    pub registry: Registry,
+    pub config: Config,
+}
+
+impl Shared {
+    /// Shared state for a server with this configuration.
+    pub fn new(config: Config) -> Shared {
+        Shared {
+            registry: Registry::new(config.presence_limit),
+            config,
+        }
+    }
+}
+
+/// Read buffer space reserved while a connection is quiet. Idle connections
+/// are most of a big server, so each holds only this much; a client that
+/// fills it gets a bigger buffer for its next read (up to [`MAX_READ`]).
+const SMALL_READ: usize = 512;
+/// Largest read buffer reservation for a busy client.
+const MAX_READ: usize = 16 * 1024;
+
+/// Serves one client until it leaves, is cut off, or the server shuts down.
+/// Everything the connection owns is released when this returns.
+pub async fn serve<R, W>(
+    reader: R,
+    writer: W,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (outbox, drain) = outbox(shared.config.queue_bytes);
+    let writer = tokio::spawn(drain.run(writer));
+    let peer = Arc::new(Peer {
+        id: shared.registry.next_id(),
+        addr,
+        outbox,
+    });
+    let name = addr.to_string();
+    tracing::info!(%addr, "connected");
+    shared.registry.join(&name, peer.clone());
+
+    let mut session = Session {
+        name,
+        peer,
+        shared: shared.clone(),
+    };
+    let (reason, notify) = session.read_loop(reader, &shutdown).await;
+    let Session { name, peer, .. } = session;
+    shared.registry.leave(&name, peer.id, reason, notify);
+    match reason {
+        LeaveReason::TooSlow => {
+            tracing::warn!(name, %addr, "slow consumer disconnected: outbound queue full")
+        }
+        LeaveReason::Quit => tracing::info!(name, %addr, "disconnected"),
+        _ => tracing::info!(name, %addr, reason = reason.as_str(), "disconnected"),
+    }
+    // The registry has let go of the peer; dropping ours closes the queue,
+    // so the writer flushes what is left and ends. A client that does not
+    // read gets `grace` to take it, then the writer is stopped.
+    drop(peer);
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(shared.config.shutdown_grace, writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+}
+
+/// The reading side of a connection and the user's current name.
+struct Session {
+    name: String,
+    peer: Arc<Peer>,
+    shared: Arc<Shared>,
+}
+
+impl Session {
+    fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    fn reply(&self, line: ServerLine) {
+        self.peer.outbox.push(wire(&line));
+    }
+
+    /// Reads and handles lines until the connection should end. Returns why,
+    /// and whether the others should be told (not at server shutdown).
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        mut reader: R,
+        shutdown: &CancellationToken,
+    ) -> (LeaveReason, bool) {
+        let config = &self.shared.config;
+        let mut codec = LineCodec::new(config.max_line, config.discard_limit());
+        let idle = config.idle_timeout;
+        let far = Duration::from_secs(86400 * 365);
+        let idle_sleep = tokio::time::sleep(idle.unwrap_or(far));
+        tokio::pin!(idle_sleep);
+        let mut buf = BytesMut::new();
+        let mut chunk = SMALL_READ;
+        loop {
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => self.handle(frame),
+                    Ok(None) => break,
+                    Err(e) => return self.flooded(e),
+                }
+            }
+            if buf.is_empty() && buf.capacity() > MAX_READ {
+                buf = BytesMut::new();
+            }
+            buf.reserve(chunk);
+            let room = buf.capacity() - buf.len();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.reply(ServerLine::Bye { reason: "server shutting down".into() });
+                    return (LeaveReason::Quit, false);
+                }
+                _ = self.peer.outbox.cut() => return (self.peer.outbox.cut_reason(), true),
+                _ = &mut idle_sleep, if idle.is_some() => {
+                    let secs = idle.unwrap_or(far).as_secs();
+                    self.reply(ServerLine::Bye {
+                        reason: format!("idle for more than {secs} s"),
+                    });
+                    return (LeaveReason::Idle, true);
+                }
+                read = reader.read_buf(&mut buf) => match read {
+                    Ok(0) => {
+                        loop {
+                            match codec.decode_eof(&mut buf) {
+                                Ok(Some(frame)) => self.handle(frame),
+                                Ok(None) => break,
+                                Err(e) => return self.flooded(e),
+                            }
+                        }
+                        return (LeaveReason::Quit, true);
+                    }
+                    Ok(n) => {
+                        chunk = if n == room { (chunk * 2).min(MAX_READ) } else { SMALL_READ };
+                        if let Some(idle) = idle {
+                            idle_sleep.as_mut().reset(Instant::now() + idle);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(name = self.name, "read failed: {e}");
+                        return (LeaveReason::Error, true);
+                    }
+                }
+            }
+        }
+    }
+
+    fn flooded(&self, e: FrameError) -> (LeaveReason, bool) {
+        match e {
+            FrameError::Flood(limit) => {
+                self.reply(ServerLine::Bye {
+                    reason: format!("more than {limit} bytes without a newline"),
+                });
+                (LeaveReason::Flood, true)
+            }
+            FrameError::Io(_) => (LeaveReason::Error, true),
+        }
+    }
+
+    /// Runs one frame. Every command line gets exactly one reply (an `ok`, an
+    /// `error`, or for a public message its own broadcast coming back).
+    fn handle(&mut self, frame: Frame) {
+        let bytes = match frame {
+            Frame::Line(bytes) => bytes,
+            Frame::TooLong => {
+                let max = self.shared.config.max_line;
+                return self.reply(ServerLine::error(
+                    ErrorCode::TooLong,
+                    format!("line longer than {max} bytes was discarded"),
+                ));
+            }
+        };
+        // Invalid UTF-8 is shown as U+FFFD rather than refused: the rest of
+        // the line is usually worth reading.
+        let line = String::from_utf8_lossy(&bytes);
+        match Command::parse(&line) {
+            Command::Empty => {}
+            Command::Say(text) => {
+                let line = ServerLine::Public {
+                    from: self.name.clone(),
+                    text: visible(text).into_owned(),
+                };
+                self.registry().broadcast(wire(&line));
+            }
+            Command::Who => {
+                self.peer.outbox.push(self.registry().who());
+            }
+            Command::Rename(new) => self.rename(new),
+            Command::Whisper { to, text } => {
+                if text.trim().is_empty() {
+                    return self.reply(ServerLine::error(
+                        ErrorCode::EmptyMessage,
+                        "message is empty; usage: to|NAME|MESSAGE",
+                    ));
+                }
+                let text = visible(text);
+                if let Err(e) = self.registry().whisper(&self.peer, &self.name, to, &text) {
+                    self.reply(e);
+                }
+            }
+            Command::Malformed(usage) => self.reply(ServerLine::error(
+                ErrorCode::Usage,
+                format!("malformed command; usage: {usage}"),
+            )),
+        }
+    }
+
+    fn rename(&mut self, new: &str) {
+        if let Err(e) = validate_name(new) {
+            return self.reply(ServerLine::error(
+                ErrorCode::BadName,
+                format!("invalid name '{}': {e}", visible(new)),
+            ));
+        }
+        match self.shared.registry.rename(&self.peer, &self.name, new) {
+            Ok(()) => {
+                tracing::info!(old = self.name, new, "renamed");
+                self.name = new.to_string();
+            }
+            Err(e) => self.reply(e),
+        }
+    }
+}

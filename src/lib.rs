@@ -1,0 +1,26 @@
+//! imchat: a TCP chat server (`imd`) and client (`imc`) speaking the line
+//! protocol of the seed tutorial (`who`, `rename|NAME`, `to|NAME|MSG`, and
+//! plain lines as public messages), without the seed's crashes, races and
+//! stalls. PROTOCOL.md describes the wire format in full.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: lines in both directions as typed values; the only place
+//!   the wire format is defined, shared by server and client.
+//! - [`codec`]: newline framing with a length cap (server and client).
+//! - [`outbox`]: the per-user outbound queue, bounded in bytes, and the
+//!   writer that drains it in batches.
+//! - [`registry`]: who is online, atomic renames, and fan-out.
+//! - [`connection`]: one client's session: read, run commands, reply.
+//! - [`server`]: configuration, accept loop, limits, graceful shutdown.
+//! - [`client`]: an async client API used by every `imc` command.
+//! - [`cli`]: `imc`'s commands: one-shot commands and the REPL.
+
+pub mod cli;
+pub mod client;
+pub mod codec;
+pub mod connection;
+pub mod outbox;
+pub mod protocol;
+pub mod registry;
+pub mod server;

@@ -1,0 +1,188 @@
+//! The per-user outbound queue, bounded in bytes.
+//!
+//! The seed pushed every message through unbuffered channels while holding a
+//! global lock, so one client that stopped reading froze everyone. Here every
+//! user has an [`Outbox`]: pushing never blocks, the queue counts the bytes it
+//! holds, and a user whose queue goes over the limit is cut off (its
+//! connection ends and everyone is told it went offline as "too slow"). Until
+//! then every line is kept, so a connected user never silently misses one.
+//!
+//! Lines are [`Bytes`], so one broadcast line is built once and shared by all
+//! its recipients: a push is a reference-count increment, not a copy.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::LeaveReason;
+
+/// Most bytes the writer hands to one `write` call. Batching many lines per
+/// system call is what makes fan-out cheap; the cap keeps one write short.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The sending side of a user's queue, shared with the registry.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Bytes>,
+    state: Arc<State>,
+}
+
+/// What the sending side and the writer task share.
+#[derive(Debug)]
+struct State {
+    /// Bytes pushed and not yet written to the socket.
+    queued: AtomicUsize,
+    /// The limit on `queued`; see [`crate::server::Config::queue_bytes`].
+    limit: usize,
+    /// Set once the queue is closed for good (overflow or write error).
+    closed: AtomicBool,
+    /// Why it was closed, as a [`LeaveReason`] code.
+    reason: AtomicU8,
+    /// Cancelled when the connection must end because of its outbox.
+    cut: CancellationToken,
+}
+
+/// The receiving side, owned by the connection's writer task.
+#[derive(Debug)]
+pub struct Drain {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    state: Arc<State>,
+}
+
+/// Creates a queue holding at most `limit` bytes.
+pub fn outbox(limit: usize) -> (Outbox, Drain) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let state = Arc::new(State {
+        queued: AtomicUsize::new(0),
+        limit,
+        closed: AtomicBool::new(false),
+        reason: AtomicU8::new(0),
+        cut: CancellationToken::new(),
+    });
+    (
+        Outbox {
+            tx,
+            state: state.clone(),
+        },
+        Drain { rx, state },
+    )
+}
+
+impl State {
+    fn close(&self, reason: LeaveReason) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.reason.store(reason as u8, Ordering::Release);
+            self.cut.cancel();
+        }
+    }
+}
+
+impl Outbox {
+    /// Queues a line. Never blocks. Returns false if the line was not queued
+    /// because the user is being disconnected: either already, or now, because
+    /// this line would take its queue over the limit.
+    pub fn push(&self, line: Bytes) -> bool {
+        let st = &self.state;
+        if st.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let n = line.len();
+        if st.queued.fetch_add(n, Ordering::AcqRel) + n > st.limit {
+            st.close(LeaveReason::TooSlow);
+            return false;
+        }
+        self.tx.send(line).is_ok()
+    }
+
+    /// Resolves when the connection must end because of its outbox.
+    pub fn cut(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.state.cut.cancelled()
+    }
+
+    /// Why the outbox was cut, once [`Outbox::cut`] has resolved.
+    pub fn cut_reason(&self) -> LeaveReason {
+        match self.state.reason.load(Ordering::Acquire) {
+            r if r == LeaveReason::TooSlow as u8 => LeaveReason::TooSlow,
+            _ => LeaveReason::Error,
+        }
+    }
+
+    /// Bytes queued and not yet written (for tests and diagnostics).
+    pub fn queued(&self) -> usize {
+        self.state.queued.load(Ordering::Acquire)
+    }
+}
+
+impl Drain {
+    /// Writes queued lines to `w` in batches until every [`Outbox`] handle is
+    /// dropped (then flushes what is left and shuts the socket down) or the
+    /// outbox is cut (then stops at once: a client that does not read must
+    /// not hold anything up). The caller bounds the final flush in time, so
+    /// a frozen client cannot stall a graceful shutdown.
+    pub async fn run<W: AsyncWrite + Unpin>(mut self, mut w: W) {
+        let cut = self.state.cut.clone();
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = cut.cancelled() => return,
+                line = self.rx.recv() => line,
+            };
+            let Some(first) = first else { break };
+            buf.extend_from_slice(&first);
+            while buf.len() < BATCH_BYTES {
+                match self.rx.try_recv() {
+                    Ok(line) => buf.extend_from_slice(&line),
+                    Err(_) => break,
+                }
+            }
+            let wrote = tokio::select! {
+                biased;
+                _ = cut.cancelled() => return,
+                r = w.write_all(&buf) => r,
+            };
+            if let Err(e) = wrote {
+                tracing::debug!("write failed: {e}");
+                self.state.close(LeaveReason::Error);
+                return;
+            }
+            self.state.queued.fetch_sub(buf.len(), Ordering::AcqRel);
+            buf.clear();
+            // An idle connection keeps no write buffer.
+            if self.rx.is_empty() {
+                buf = Vec::new();
+            }
+        }
+        // Every handle is gone: the connection is ending normally.
+        let _ = w.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_the_limit_cuts_and_refuses() {
+        let (ob, _drain) = outbox(10);
+        assert!(ob.push(Bytes::from_static(b"12345\n")));
+        assert!(!ob.push(Bytes::from_static(b"12345\n")));
+        assert_eq!(ob.cut_reason(), LeaveReason::TooSlow);
+        assert!(!ob.push(Bytes::from_static(b"1\n")));
+    }
+
+    #[tokio::test]
+    async fn drain_writes_in_order_then_shuts_down() {
+        let (ob, drain) = outbox(1 << 20);
+        let mock = tokio_test::io::Builder::new().write(b"a\nb\nc\n").build();
+        for l in ["a\n", "b\n", "c\n"] {
+            assert!(ob.push(Bytes::from(l)));
+        }
+        drop(ob);
+        drain.run(mock).await;
+    }
+}

@@ -1,0 +1,140 @@
+//! The server: configuration, the accept loop, limits and shutdown.
+//!
+//! [`run`] takes a bound listener and a shutdown future, like mini-redis's
+//! `server::run`, so the binary and the tests start servers the same way.
+//! Per-connection errors stay inside the connection's task; accept errors
+//! (e.g. out of file descriptors) are logged and backed off, never fatal and
+//! never a busy loop (the seed spun at full CPU there).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{serve, Shared};
+use crate::protocol::{ErrorCode, ServerLine};
+
+/// Server limits. Every resource a client can make the server spend is
+/// bounded by one of these.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Longest accepted line in bytes, without its line ending. 4096 is the
+    /// seed's read buffer, so any line the seed could carry whole still fits.
+    pub max_line: usize,
+    /// Bytes a user may have queued toward it before it is disconnected as
+    /// too slow. 1 MiB is what Redis (pub/sub soft limit) and InspIRCd use:
+    /// enough to ride out a pause of a healthy client, small enough that a
+    /// frozen one costs little.
+    pub queue_bytes: usize,
+    /// Disconnect users silent for longer than this; `None` turns it off.
+    /// 300 s is the tutorial's own next step after v0.7.
+    pub idle_timeout: Option<Duration>,
+    /// Most simultaneous connections; one more is told the server is full.
+    pub max_connections: usize,
+    /// Presence notices are sent only while at most this many are online
+    /// (see [`crate::registry::Registry`]).
+    pub presence_limit: usize,
+    /// How long a closing connection may take to flush its queue, at
+    /// shutdown or after an idle kick, before it is dropped.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_line: 4096,
+            queue_bytes: 1024 * 1024,
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_connections: 10_000,
+            presence_limit: 1000,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// How much of one over-long line the server skips before deciding the
+    /// peer is not sending lines at all and disconnecting it: 16 times the
+    /// line limit, and at least 64 KiB.
+    pub fn discard_limit(&self) -> usize {
+        (self.max_line * 16).max(64 * 1024)
+    }
+}
+
+/// Shortest and longest pause after a failed `accept`.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// Serves clients from `listener` until `shutdown` completes, then tells
+/// every user, flushes their queues (each within
+/// [`Config::shutdown_grace`]) and returns once every connection has ended.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) {
+    let grace = config.shutdown_grace;
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let max_connections = config.max_connections;
+    let shared = Arc::new(Shared::new(config));
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut backoff = ACCEPT_BACKOFF.0;
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(pair) => {
+                backoff = ACCEPT_BACKOFF.0;
+                pair
+            }
+            Err(e) => {
+                tracing::error!("accept failed: {e}; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let shared = shared.clone();
+                let stop = stop.clone();
+                tracker.spawn(async move {
+                    let (r, w) = stream.into_split();
+                    serve(r, w, addr, shared, stop).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%addr, "refused: server full ({max_connections} connections)");
+                tracker.spawn(refuse_full(stream, max_connections));
+            }
+        }
+    }
+    tracing::info!("shutting down: telling {} users", shared.registry.len());
+    drop(listener);
+    stop.cancel();
+    tracker.close();
+    // Each connection bounds its own flush by `grace`; this is a backstop.
+    let _ = tokio::time::timeout(grace * 2, tracker.wait()).await;
+}
+
+/// Tells a connection over the limit why it is refused, then closes it.
+async fn refuse_full(mut stream: TcpStream, max: usize) {
+    let line = ServerLine::error(
+        ErrorCode::ServerFull,
+        format!("server is full ({max} connections); try again later"),
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(line.encode().as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
