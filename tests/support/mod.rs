@@ -1,0 +1,455 @@
+//! Test support: a server per test, raw line clients, `imc` commands, and
+//! transcripts that explain a failure.
+//!
+//! - [`TestServer::start`] runs imd in-process on 127.0.0.1:0 (on its own
+//!   runtime thread, so sync tests and `assert_cmd` can use it);
+//!   [`TestServer::start_binary`] runs the real `imd` binary and reads its
+//!   `imd listening on` line. Both stop when dropped.
+//! - [`LineClient`] is a plain TCP socket speaking PROTOCOL.md: `send`,
+//!   `expect(regex)` with a timeout, `expect_silence(duration)`.
+//! - [`TestServer::imc`] is an `imc` command already pointed at the server,
+//!   with HOME, history file and NO_COLOR set so nothing leaks in from the
+//!   developer's machine.
+//! - Every client records what it sent and received, with timestamps, in the
+//!   server's [`Transcript`]; if the test panics, dropping the server prints
+//!   the whole transcript, so a failure says who saw what.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use imchat::server::{self, Config};
+use regex::Regex;
+
+/// How long `expect` waits. Only matters when something is broken.
+pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A shared, timestamped log of every client's traffic.
+#[derive(Clone)]
+pub struct Transcript {
+    start: Instant,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Transcript {
+    fn new() -> Transcript {
+        Transcript {
+            start: Instant::now(),
+            lines: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Records one event for `who`: `dir` is `->` (sent) or `<-` (received).
+    pub fn record(&self, who: &str, dir: &str, text: &str) {
+        let t = self.start.elapsed().as_secs_f64();
+        let line = format!("{t:9.4}s {who:>10} {dir} {text}");
+        self.lines.lock().unwrap().push(line);
+    }
+
+    /// Everything recorded so far, one event per line.
+    pub fn dump(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+enum Running {
+    InProcess {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<JoinHandle<()>>,
+    },
+    Binary(Child),
+}
+
+/// A server for one test; stops on drop.
+pub struct TestServer {
+    addr: SocketAddr,
+    running: Running,
+    home: tempfile::TempDir,
+    pub transcript: Transcript,
+}
+
+/// A config for tests: defaults, but no idle timeout (tests of it set one).
+pub fn test_config() -> Config {
+    Config {
+        idle_timeout: None,
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    /// imd in-process with [`test_config`].
+    pub fn start() -> TestServer {
+        TestServer::with_config(test_config())
+    }
+
+    /// imd in-process with the given limits.
+    pub fn with_config(config: Config) -> TestServer {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                server::run(listener, config, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            });
+        });
+        let addr = addr_rx.recv().expect("server thread started");
+        TestServer {
+            addr,
+            running: Running::InProcess {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            },
+            home: tempfile::tempdir().unwrap(),
+            transcript: Transcript::new(),
+        }
+    }
+
+    /// The real `imd` binary on an ephemeral port, with extra flags.
+    pub fn start_binary(args: &[&str]) -> TestServer {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("imd"))
+            .args(["--ip", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("imd starts");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        let addr = first
+            .trim()
+            .strip_prefix("imd listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .parse()
+            .unwrap();
+        TestServer {
+            addr,
+            running: Running::Binary(child),
+            home: tempfile::tempdir().unwrap(),
+            transcript: Transcript::new(),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A temporary HOME for `imc` processes of this test.
+    pub fn home(&self) -> &std::path::Path {
+        self.home.path()
+    }
+
+    /// A raw client that keeps its default name (its address).
+    pub fn raw_client(&self, label: &str) -> LineClient {
+        LineClient::connect(self.addr, label, self.transcript.clone())
+    }
+
+    /// A client renamed to `name` that will never read again, with a tiny
+    /// receive buffer so the server's queue toward it fills quickly.
+    pub fn frozen_client(&self, name: &str) -> LineClient {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&self.addr.into()).unwrap();
+        let mut c = LineClient::from_stream(sock.into(), name, self.transcript.clone());
+        c.send(&format!("rename|{name}"));
+        c.expect(&format!("^ok rename: you are now {}$", regex::escape(name)));
+        c
+    }
+
+    /// A raw client renamed to `name` (also its transcript label).
+    pub fn client(&self, name: &str) -> LineClient {
+        let mut c = self.raw_client(name);
+        c.send(&format!("rename|{name}"));
+        c.expect(&format!("^ok rename: you are now {}$", regex::escape(name)));
+        c
+    }
+
+    /// The `imc` binary pointed at this server, isolated from the machine.
+    pub fn imc(&self) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::cargo_bin("imc").unwrap();
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("IMC_HISTORY", self.home.path().join("history"))
+            .env("NO_COLOR", "1")
+            .env("IMC_IP", self.addr.ip().to_string())
+            .env("IMC_PORT", self.addr.port().to_string())
+            .timeout(Duration::from_secs(30));
+        cmd
+    }
+
+    /// Sends SIGTERM to a binary server and returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        match &mut self.running {
+            Running::Binary(child) => {
+                let pid = child.id().to_string();
+                std::process::Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap();
+                child.wait().unwrap()
+            }
+            Running::InProcess { .. } => panic!("terminate() is for start_binary servers"),
+        }
+    }
+
+    /// Stops an in-process server the way Ctrl-C stops imd, and waits for
+    /// `run` to return.
+    pub fn shutdown(&mut self) {
+        if let Running::InProcess { stop, thread } = &mut self.running {
+            if let Some(stop) = stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(t) = thread.take() {
+                t.join().unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- transcript (server {}) ----\n{}\n---- end of transcript ----",
+                self.addr,
+                self.transcript.dump()
+            );
+        }
+        match &mut self.running {
+            Running::InProcess { .. } => self.shutdown(),
+            Running::Binary(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// A plain TCP client speaking the protocol line by line (blocking).
+pub struct LineClient {
+    pub label: String,
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    transcript: Transcript,
+    /// Our name as the server told us in the welcome line.
+    pub name: String,
+}
+
+impl LineClient {
+    /// Connects and reads the welcome line.
+    pub fn connect(addr: SocketAddr, label: &str, transcript: Transcript) -> LineClient {
+        let stream = TcpStream::connect(addr).expect("connect to test server");
+        LineClient::from_stream(stream, label, transcript)
+    }
+
+    /// Wraps a connected socket and reads the welcome line.
+    pub fn from_stream(stream: TcpStream, label: &str, transcript: Transcript) -> LineClient {
+        stream.set_nodelay(true).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut c = LineClient {
+            label: label.to_string(),
+            stream,
+            reader,
+            transcript,
+            name: String::new(),
+        };
+        let welcome = c.expect(r"^\*\*\* welcome, you are (\S+) ");
+        c.name = welcome
+            .strip_prefix("*** welcome, you are ")
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string();
+        c
+    }
+
+    /// Sends one line (adds `\n`).
+    pub fn send(&mut self, line: &str) {
+        self.transcript.record(&self.label, "->", line);
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("{}: send failed: {e}", self.label));
+    }
+
+    /// Sends raw bytes exactly as given.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.transcript
+            .record(&self.label, "->", &format!("(raw) {:?}", String::from_utf8_lossy(bytes)));
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one line within `timeout`; `None` on timeout, panics on EOF.
+    fn read_line(&mut self, timeout: Duration) -> Option<String> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) => {
+                self.transcript.record(&self.label, "<-", "(closed)");
+                panic!("{}: connection closed while waiting", self.label)
+            }
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches('\n')
+                    .to_string();
+                self.transcript.record(&self.label, "<-", &line);
+                Some(line)
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                // A partial line stays in `buf`; tests use whole lines only.
+                assert!(buf.is_empty(), "{}: partial line {buf:?}", self.label);
+                None
+            }
+            Err(e) => panic!("{}: read failed: {e}", self.label),
+        }
+    }
+
+    /// Waits for a line matching `pattern` (a regex), skipping others, and
+    /// returns it. Panics after [`EXPECT_TIMEOUT`].
+    pub fn expect(&mut self, pattern: &str) -> String {
+        self.expect_within(pattern, EXPECT_TIMEOUT)
+    }
+
+    /// [`LineClient::expect`] with an explicit timeout.
+    pub fn expect_within(&mut self, pattern: &str, timeout: Duration) -> String {
+        let re = Regex::new(pattern).unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!("{}: no line matching /{pattern}/ within {timeout:?}", self.label);
+            }
+            if let Some(line) = self.read_line(left) {
+                if re.is_match(&line) {
+                    return line;
+                }
+            }
+        }
+    }
+
+    /// The next line that is not a presence notice (someone else coming,
+    /// going or renaming, which can interleave anywhere), which must match
+    /// `pattern`. For checking replies and order strictly.
+    pub fn expect_next(&mut self, pattern: &str) -> String {
+        let presence = Regex::new(r"^\*\*\* \S+ is (online|offline|now known as)").unwrap();
+        let line = loop {
+            let line = self
+                .read_line(EXPECT_TIMEOUT)
+                .unwrap_or_else(|| panic!("{}: no line within {EXPECT_TIMEOUT:?}", self.label));
+            if !presence.is_match(&line) {
+                break line;
+            }
+        };
+        let re = Regex::new(pattern).unwrap();
+        assert!(
+            re.is_match(&line),
+            "{}: next line {line:?} does not match /{pattern}/",
+            self.label
+        );
+        line
+    }
+
+    /// Asserts that nothing at all arrives for `d`.
+    pub fn expect_silence(&mut self, d: Duration) {
+        if let Some(line) = self.read_line(d) {
+            panic!("{}: expected silence, got {line:?}", self.label);
+        }
+    }
+
+    /// Asserts no line matching `pattern` arrives before a line matching
+    /// `until` (a fence: send something and wait for it, so "did not
+    /// receive" is checked without sleeping).
+    pub fn expect_none_before(&mut self, pattern: &str, until: &str) {
+        let bad = Regex::new(pattern).unwrap();
+        let fence = Regex::new(until).unwrap();
+        let deadline = Instant::now() + EXPECT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{}: no /{until}/ in time", self.label);
+            if let Some(line) = self.read_line(left) {
+                assert!(
+                    !bad.is_match(&line),
+                    "{}: received {line:?}, which it must not see",
+                    self.label
+                );
+                if fence.is_match(&line) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends `who` and returns the names listed, checking the count line.
+    pub fn who(&mut self) -> Vec<String> {
+        self.send("who");
+        let mut names = Vec::new();
+        loop {
+            let line = self.expect(r"^(who |ok who: )");
+            if let Some(n) = line.strip_prefix("who ") {
+                names.push(n.to_string());
+            } else {
+                let count: usize = line
+                    .trim_start_matches("ok who: ")
+                    .trim_end_matches(" online")
+                    .parse()
+                    .unwrap();
+                assert_eq!(count, names.len(), "who count line");
+                return names;
+            }
+        }
+    }
+
+    /// Waits until the server closes the connection, returning what arrived
+    /// before; panics if it stays open past [`EXPECT_TIMEOUT`].
+    pub fn expect_closed(&mut self) -> String {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(EXPECT_TIMEOUT))
+            .unwrap();
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{}: not closed by the server: {e}", self.label),
+        }
+        let text = String::from_utf8_lossy(&rest).to_string();
+        for l in text.lines() {
+            self.transcript.record(&self.label, "<-", l);
+        }
+        self.transcript.record(&self.label, "<-", "(closed)");
+        text
+    }
+
+    /// Closes the connection (both directions).
+    pub fn quit(self) {
+        self.transcript.record(&self.label, "->", "(close)");
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// The underlying socket, for tests that need to misbehave.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+}

@@ -1,0 +1,7 @@
+//! The integration test binary: one crate, one module per area, so the
+//! suite links once (ripgrep's layout). Every test starts its own server on
+//! 127.0.0.1:0; see support/ for the harness.
+
+mod server;
+mod support;
+mod timeouts;

@@ -1,0 +1,80 @@
+//! Timeout behaviour on paused tokio time: the server runs in the test's own
+//! runtime, so hours of idle time pass instantly and deterministically.
+
+use std::time::Duration;
+
+use imchat::server::{self, Config};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Starts a server on this (paused) runtime; returns its address and the
+/// handle that stops it.
+async fn start(config: Config) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::run(listener, config, async {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+async fn lines(addr: std::net::SocketAddr) -> (tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>, tokio::net::tcp::OwnedWriteHalf) {
+    let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
+    (BufReader::new(r).lines(), w)
+}
+
+/// A user silent for longer than the idle timeout is told why and
+/// disconnected; the others are told it went offline; a user who keeps
+/// talking stays.
+#[tokio::test(start_paused = true)]
+async fn idle_user_is_told_and_disconnected() {
+    let (addr, _stop) = start(Config {
+        idle_timeout: Some(Duration::from_secs(300)),
+        ..Config::default()
+    })
+    .await;
+    let (mut sleepy, _sw) = lines(addr).await;
+    let welcome = sleepy.next_line().await.unwrap().unwrap();
+    let sleepy_name = welcome.split(' ').nth(4).unwrap().to_string();
+    let (mut chatty, mut cw) = lines(addr).await;
+    chatty.next_line().await.unwrap().unwrap(); // welcome
+    assert!(sleepy.next_line().await.unwrap().unwrap().ends_with("is online"));
+    // Chatty speaks every 200 s of (virtual) time, so only sleepy is idle.
+    cw.write_all(b"hi\n").await.unwrap();
+    assert!(chatty.next_line().await.unwrap().unwrap().ends_with("> hi"));
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    cw.write_all(b"still here\n").await.unwrap();
+    let mut got = Vec::new();
+    while let Some(line) = sleepy.next_line().await.unwrap() {
+        got.push(line);
+    }
+    assert_eq!(got.last().unwrap(), "*** bye: idle for more than 300 s", "{got:?}");
+    loop {
+        let line = chatty.next_line().await.unwrap().unwrap();
+        if line.starts_with("***") {
+            assert_eq!(line, format!("*** {sleepy_name} is offline (idle)"));
+            break;
+        }
+    }
+}
+
+/// With the idle timeout off (0 on the command line), a silent user stays
+/// connected however long it is quiet.
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_off_keeps_silent_users() {
+    let (addr, _stop) = start(Config {
+        idle_timeout: None,
+        ..Config::default()
+    })
+    .await;
+    let (mut quiet, _qw) = lines(addr).await;
+    quiet.next_line().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    let (mut other, mut ow) = lines(addr).await;
+    other.next_line().await.unwrap().unwrap();
+    ow.write_all(b"who\n").await.unwrap();
+    assert!(other.next_line().await.unwrap().unwrap().starts_with("who "));
+    assert!(other.next_line().await.unwrap().unwrap().starts_with("who "));
+    assert_eq!(other.next_line().await.unwrap().unwrap(), "ok who: 2 online");
+}
