@@ -260,3 +260,62 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::Config;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(Config::default()))
+    }
+
+    /// A session fed by mock halves: commands split across reads and ended
+    /// by CRLF are framed, each gets its reply, and at EOF the user leaves
+    /// and the socket is shut down after the last reply.
+    #[tokio::test]
+    async fn session_replies_to_each_command_in_order() {
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let reader = tokio_test::io::Builder::new()
+            .read(b"rename|al")
+            .read(b"ice\r\nwho\nto|nobody|x\n\nhi there\n")
+            .build();
+        let writer = tokio_test::io::Builder::new()
+            .write(
+                b"*** welcome, you are 127.0.0.1:4000 (commands: who, rename|NAME, to|NAME|MESSAGE)\n",
+            )
+            .write(b"ok rename: you are now alice\n")
+            .write(b"who alice\nok who: 1 online\n")
+            .write(b"error no-such-user: no user named 'nobody' is online\n")
+            .write(b"<alice> hi there\n")
+            .build();
+        let shared = shared();
+        serve(
+            reader,
+            writer,
+            addr,
+            shared.clone(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(shared.registry.is_empty(), "user left at EOF");
+    }
+
+    /// At shutdown a connected user is told why before the socket closes,
+    /// and no offline notice goes out.
+    #[tokio::test]
+    async fn shutdown_says_bye() {
+        let addr: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        // Shutdown is checked before reading, so the reader is never polled.
+        let reader = tokio::io::empty();
+        let writer = tokio_test::io::Builder::new()
+            .write(
+                b"*** welcome, you are 127.0.0.1:4001 (commands: who, rename|NAME, to|NAME|MESSAGE)\n",
+            )
+            .write(b"*** bye: server shutting down\n")
+            .build();
+        let stop = CancellationToken::new();
+        stop.cancel();
+        serve(reader, writer, addr, shared(), stop).await;
+    }
+}

@@ -14,6 +14,7 @@
 //! - [`connection`]: one client's session: read, run commands, reply.
 //! - [`server`]: configuration, accept loop, limits, graceful shutdown.
 //! - [`client`]: an async client API used by every `imc` command.
+//! - [`scenario`]: plain-text multi-client scenarios and their runner.
 //! - [`cli`]: `imc`'s commands: one-shot commands and the REPL.
 
 pub mod cli;
@@ -23,4 +24,5 @@ pub mod connection;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
+pub mod scenario;
 pub mod server;

@@ -2,6 +2,7 @@
 //! suite links once (ripgrep's layout). Every test starts its own server on
 //! 127.0.0.1:0; see support/ for the harness.
 
+mod scenarios;
 mod server;
 mod support;
 mod timeouts;

@@ -19,7 +19,12 @@ async fn start(config: Config) -> (std::net::SocketAddr, tokio::sync::oneshot::S
     (addr, tx)
 }
 
-async fn lines(addr: std::net::SocketAddr) -> (tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>, tokio::net::tcp::OwnedWriteHalf) {
+async fn lines(
+    addr: std::net::SocketAddr,
+) -> (
+    tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
     let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
     (BufReader::new(r).lines(), w)
 }
@@ -39,7 +44,12 @@ async fn idle_user_is_told_and_disconnected() {
     let sleepy_name = welcome.split(' ').nth(4).unwrap().to_string();
     let (mut chatty, mut cw) = lines(addr).await;
     chatty.next_line().await.unwrap().unwrap(); // welcome
-    assert!(sleepy.next_line().await.unwrap().unwrap().ends_with("is online"));
+    assert!(sleepy
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap()
+        .ends_with("is online"));
     // Chatty speaks every 200 s of (virtual) time, so only sleepy is idle.
     cw.write_all(b"hi\n").await.unwrap();
     assert!(chatty.next_line().await.unwrap().unwrap().ends_with("> hi"));
@@ -49,7 +59,11 @@ async fn idle_user_is_told_and_disconnected() {
     while let Some(line) = sleepy.next_line().await.unwrap() {
         got.push(line);
     }
-    assert_eq!(got.last().unwrap(), "*** bye: idle for more than 300 s", "{got:?}");
+    assert_eq!(
+        got.last().unwrap(),
+        "*** bye: idle for more than 300 s",
+        "{got:?}"
+    );
     loop {
         let line = chatty.next_line().await.unwrap().unwrap();
         if line.starts_with("***") {
@@ -74,7 +88,20 @@ async fn idle_timeout_off_keeps_silent_users() {
     let (mut other, mut ow) = lines(addr).await;
     other.next_line().await.unwrap().unwrap();
     ow.write_all(b"who\n").await.unwrap();
-    assert!(other.next_line().await.unwrap().unwrap().starts_with("who "));
-    assert!(other.next_line().await.unwrap().unwrap().starts_with("who "));
-    assert_eq!(other.next_line().await.unwrap().unwrap(), "ok who: 2 online");
+    assert!(other
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap()
+        .starts_with("who "));
+    assert!(other
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap()
+        .starts_with("who "));
+    assert_eq!(
+        other.next_line().await.unwrap().unwrap(),
+        "ok who: 2 online"
+    );
 }

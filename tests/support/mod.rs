@@ -18,7 +18,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -165,7 +165,8 @@ impl TestServer {
     /// A client renamed to `name` that will never read again, with a tiny
     /// receive buffer so the server's queue toward it fills quickly.
     pub fn frozen_client(&self, name: &str) -> LineClient {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         sock.set_recv_buffer_size(4096).unwrap();
         sock.connect(&self.addr.into()).unwrap();
         let mut c = LineClient::from_stream(sock.into(), name, self.transcript.clone());
@@ -293,8 +294,11 @@ impl LineClient {
 
     /// Sends raw bytes exactly as given.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.transcript
-            .record(&self.label, "->", &format!("(raw) {:?}", String::from_utf8_lossy(bytes)));
+        self.transcript.record(
+            &self.label,
+            "->",
+            &format!("(raw) {:?}", String::from_utf8_lossy(bytes)),
+        );
         self.stream.write_all(bytes).unwrap();
     }
 
@@ -339,7 +343,10 @@ impl LineClient {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!("{}: no line matching /{pattern}/ within {timeout:?}", self.label);
+                panic!(
+                    "{}: no line matching /{pattern}/ within {timeout:?}",
+                    self.label
+                );
             }
             if let Some(line) = self.read_line(left) {
                 if re.is_match(&line) {
@@ -350,18 +357,24 @@ impl LineClient {
     }
 
     /// The next line that is not a presence notice (someone else coming,
-    /// going or renaming, which can interleave anywhere), which must match
-    /// `pattern`. For checking replies and order strictly.
-    pub fn expect_next(&mut self, pattern: &str) -> String {
-        let presence = Regex::new(r"^\*\*\* \S+ is (online|offline|now known as)").unwrap();
-        let line = loop {
+    /// going or renaming, which can interleave anywhere).
+    pub fn next_line(&mut self) -> String {
+        static PRESENCE: LazyLock<Regex> =
+            LazyLock::new(|| Regex::new(r"^\*\*\* \S+ is (online|offline|now known as)").unwrap());
+        loop {
             let line = self
                 .read_line(EXPECT_TIMEOUT)
                 .unwrap_or_else(|| panic!("{}: no line within {EXPECT_TIMEOUT:?}", self.label));
-            if !presence.is_match(&line) {
-                break line;
+            if !PRESENCE.is_match(&line) {
+                return line;
             }
-        };
+        }
+    }
+
+    /// [`LineClient::next_line`], which must match `pattern`. For checking
+    /// replies and order strictly.
+    pub fn expect_next(&mut self, pattern: &str) -> String {
+        let line = self.next_line();
         let re = Regex::new(pattern).unwrap();
         assert!(
             re.is_match(&line),
