@@ -139,6 +139,18 @@ impl Client {
     /// means it has been queued for every online user.
     pub async fn say(&mut self, text: &str) -> Result<(), ClientError> {
         check_text(text)?;
+        // The server reads `who`, `rename|..` and `to|..` as commands, so such
+        // a text would never come back as a message (and `rename|` would
+        // rename us).
+        if !matches!(Command::parse(text), Command::Say(_)) {
+            return Err(ClientError::Refused {
+                code: ErrorCode::Usage,
+                message: format!(
+                    "{:?} would be read as a command, not sent as a message",
+                    crate::protocol::visible(text)
+                ),
+            });
+        }
         self.send(Command::Say(text)).await?;
         let me = self.name.clone();
         self.wait_for(|l| match l {

@@ -39,7 +39,9 @@ fn isolate(cmd: &mut Command, server: &TestServer) {
 
 /// A script of scripts/, with the same environment.
 fn script(server: &TestServer, name: &str) -> Command {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "scripts", name].iter().collect();
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "scripts", name]
+        .iter()
+        .collect();
     let mut cmd = Command::new(path);
     isolate(&mut cmd, server);
     cmd
@@ -97,7 +99,9 @@ fn whisper_to_nobody_is_refused() {
         .args(["whisper", "nobody", "hi"])
         .assert()
         .code(1)
-        .stderr(predicates::str::contains("no user named 'nobody' is online"));
+        .stderr(predicates::str::contains(
+            "no user named 'nobody' is online",
+        ));
 }
 
 /// `imc who --json` is a JSON array of exactly the users online.
@@ -392,7 +396,11 @@ fn rename_reports_success_and_refusal() {
 fn usage_errors_exit_2_and_help_lists_codes() {
     let server = TestServer::start();
     server.imc().args(["send"]).assert().code(2);
-    server.imc().args(["--timeout", "soon", "who"]).assert().code(2);
+    server
+        .imc()
+        .args(["--timeout", "soon", "who"])
+        .assert()
+        .code(2);
     server
         .imc()
         .arg("--help")

@@ -2,6 +2,8 @@
 //! suite links once (ripgrep's layout). Every test starts its own server on
 //! 127.0.0.1:0; see support/ for the harness.
 
+mod bench;
+mod imc;
 mod scenarios;
 mod server;
 mod support;

@@ -1,1 +1,201 @@
-//! `imc` commands (filled in by the imc work).
+//! `imc`'s command line: flags, subcommands, exit codes, and dispatch.
+//!
+//! Every command connects with [`Client::connect`], claims `--name` if one
+//! was given, and then does its work through the same [`Client`] API:
+//!
+//! - [`oneshot`]: `send`, `whisper`, `rename`, `who`, for scripts;
+//! - [`listen`]: print what arrives, one line (or JSON object) per event;
+//! - [`repl`]: the seed's 1/2/3/0 menu for people (the default);
+//! - [`output`]: how events look on stdout, and writing them there;
+//! - [`input`]: stdin lines read on a plain thread, so a pending read can
+//!   never hold up the exit of the process.
+//!
+//! Errors end up as a [`CliError`], whose [`CliError::exit_code`] is the
+//! documented exit status (see [`EXIT_CODES`]).
+
+pub mod input;
+pub mod listen;
+pub mod oneshot;
+pub mod output;
+pub mod repl;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{Client, ClientError};
+
+/// The exit-status table, shown by `imc --help` and kept in step with
+/// README.md. Scripts rely on these numbers, so they never change meaning.
+pub const EXIT_CODES: &str = "\
+Exit status (the same for every command):
+  0  success (also when stdout is a closed pipe)
+  1  refused by the server; the reason is on stderr
+  2  usage error: bad arguments or unusable input
+  3  cannot connect, or the connection was lost
+  4  timed out";
+
+/// Exit status for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status when the server refused a request.
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit status for usage errors; clap's own errors use it too.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when the server cannot be reached or went away.
+pub const EXIT_CONNECTION: u8 = 3;
+/// Exit status when something took longer than allowed.
+pub const EXIT_TIMEOUT: u8 = 4;
+
+/// imc: the client for imd, for people (a REPL) and for scripts (one-shot
+/// commands with reliable exit codes).
+///
+/// With no command, imc starts the REPL: the seed client's menu (1 public
+/// talk, 2 private talk, 3 change username, 0 exit) with line editing.
+/// Data goes to stdout, diagnostics to stderr.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "imc", version, after_help = EXIT_CODES)]
+pub struct Args {
+    /// Server address.
+    #[arg(long, env = "IMC_IP", default_value = "127.0.0.1")]
+    pub ip: IpAddr,
+    /// Server port.
+    #[arg(long, env = "IMC_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Claim this name right after connecting, before anything else; if it
+    /// is taken or invalid, imc says why and exits 1.
+    #[arg(long, env = "IMC_NAME")]
+    pub name: Option<String>,
+    /// Seconds allowed to connect, and in all for a one-shot command (for
+    /// `send -` and `whisper -`: for each line). Fractions are allowed.
+    #[arg(long, env = "IMC_TIMEOUT", default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+/// The subcommands. Words after a command are joined with spaces, so
+/// `imc send build finished` needs no quotes; a message starting with `-`
+/// goes after `--`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Cmd {
+    /// Send a public message; returns once the server has queued it for
+    /// everyone. `-` sends each line of stdin (blank lines are skipped).
+    Send {
+        /// The message (several words are joined with spaces), or `-` for stdin.
+        #[arg(required = true, num_args = 1..)]
+        message: Vec<String>,
+    },
+    /// Send a private message; fails (exit 1) if NAME is not online.
+    /// `-` sends each line of stdin.
+    Whisper {
+        /// Who to send to.
+        to: String,
+        /// The message (several words are joined with spaces), or `-` for stdin.
+        #[arg(required = true, num_args = 1..)]
+        message: Vec<String>,
+    },
+    /// Claim NAME for this connection and report whether that worked: a
+    /// quick check that a name is valid and free.
+    Rename {
+        /// The name to claim.
+        name: String,
+    },
+    /// List online users, one per line (imc's own connection is left out).
+    Who {
+        /// Print a JSON array of names instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print messages and notices as they arrive, one line each.
+    Listen(listen::ListenArgs),
+    /// The interactive menu (also what imc does with no command).
+    Repl,
+}
+
+/// Parses a number of seconds (fractions allowed) into a duration.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err("must be more than 0 seconds".into());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+/// Everything that can end an `imc` command early. Each maps to one exit
+/// status, so `main` stays a one-liner.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Talking to the server failed or was refused.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The command line or the input cannot be used.
+    #[error("{0}")]
+    Usage(String),
+    /// Reading stdin or writing stdout failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl CliError {
+    /// The documented exit status for this error (see [`EXIT_CODES`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(ClientError::Refused { .. }) => EXIT_REFUSED,
+            CliError::Client(ClientError::Connect { .. } | ClientError::Lost(_)) => EXIT_CONNECTION,
+            CliError::Client(ClientError::Timeout(_)) => EXIT_TIMEOUT,
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OK,
+            CliError::Io(_) => EXIT_USAGE,
+        }
+    }
+
+    /// Whether to say anything: a reader that went away (`imc listen |
+    /// head -1`) is a normal way to stop, not something to complain about.
+    pub fn is_quiet(&self) -> bool {
+        matches!(self, CliError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// Runs the command `args` asks for. The binary prints the error (unless
+/// [`CliError::is_quiet`]) and exits with [`CliError::exit_code`].
+pub async fn run(args: Args) -> Result<(), CliError> {
+    match args.command.clone().unwrap_or(Cmd::Repl) {
+        Cmd::Send { message } => oneshot::send(&args, None, &message).await,
+        Cmd::Whisper { to, message } => oneshot::send(&args, Some(&to), &message).await,
+        Cmd::Rename { name } => oneshot::rename(&args, &name).await,
+        Cmd::Who { json } => oneshot::who(&args, json).await,
+        Cmd::Listen(opts) => listen::run(&args, &opts).await,
+        Cmd::Repl => repl::run(&args).await,
+    }
+}
+
+/// Connects and claims `--name`, within `--timeout` in all.
+pub async fn connect(args: &Args) -> Result<Client, ClientError> {
+    let addr = SocketAddr::new(args.ip, args.port).to_string();
+    let start = async {
+        let mut client = Client::connect(&addr, args.timeout).await?;
+        if let Some(name) = &args.name {
+            client.rename(name).await?;
+        }
+        Ok(client)
+    };
+    within(args.timeout, start).await
+}
+
+/// Runs `fut`, turning running out of time into [`ClientError::Timeout`].
+pub async fn within<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| ClientError::Timeout(limit))?
+}
+
+/// How long [`Client::close`] may wait for the server to close its side.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
