@@ -76,6 +76,7 @@ pub async fn serve<R, W>(
         name,
         peer,
         shared: shared.clone(),
+        congested: Vec::new(),
     };
     let (reason, notify) = session.read_loop(reader, &shutdown).await;
     let Session { name, peer, .. } = session;
@@ -105,6 +106,10 @@ struct Session {
     name: String,
     peer: Arc<Peer>,
     shared: Arc<Shared>,
+    /// Recipients whose queues this user's last line left over half full.
+    /// Before reading on, the session waits for them to drain: backpressure
+    /// that slows a flooding sender to its slowest reader's pace.
+    congested: Vec<Arc<Peer>>,
 }
 
 impl Session {
@@ -123,7 +128,8 @@ impl Session {
         mut reader: R,
         shutdown: &CancellationToken,
     ) -> (LeaveReason, bool) {
-        let config = &self.shared.config;
+        let shared = self.shared.clone();
+        let config = &shared.config;
         let mut codec = LineCodec::new(config.max_line, config.discard_limit());
         let idle = config.idle_timeout;
         let far = Duration::from_secs(86400 * 365);
@@ -132,12 +138,30 @@ impl Session {
         let mut buf = BytesMut::new();
         let mut chunk = SMALL_READ;
         loop {
-            loop {
+            while self.congested.is_empty() {
                 match codec.decode(&mut buf) {
                     Ok(Some(frame)) => self.handle(frame),
                     Ok(None) => break,
                     Err(e) => return self.flooded(e),
                 }
+            }
+            if !self.congested.is_empty() {
+                let stall = config.stall_timeout;
+                let congested = std::mem::take(&mut self.congested);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        self.reply(ServerLine::Bye { reason: "server shutting down".into() });
+                        return (LeaveReason::Quit, false);
+                    }
+                    _ = self.peer.outbox.cut() => return (self.peer.outbox.cut_reason(), true),
+                    _ = async {
+                        for p in &congested {
+                            p.outbox.relieve(stall).await;
+                        }
+                    } => {}
+                }
+                continue;
             }
             if buf.is_empty() && buf.capacity() > MAX_READ {
                 buf = BytesMut::new();
@@ -219,7 +243,8 @@ impl Session {
                     from: self.name.clone(),
                     text: visible(text).into_owned(),
                 };
-                self.registry().broadcast(wire(&line));
+                let congested = self.registry().broadcast(wire(&line));
+                self.congested.extend(congested);
             }
             Command::Who => {
                 self.peer.outbox.push(self.registry().who());
@@ -233,8 +258,9 @@ impl Session {
                     ));
                 }
                 let text = visible(text);
-                if let Err(e) = self.registry().whisper(&self.peer, &self.name, to, &text) {
-                    self.reply(e);
+                match self.registry().whisper(&self.peer, &self.name, to, &text) {
+                    Ok(congested) => self.congested.extend(congested),
+                    Err(e) => self.reply(e),
                 }
             }
             Command::Malformed(usage) => self.reply(ServerLine::error(

@@ -14,9 +14,11 @@
 //! - [`connection`]: one client's session: read, run commands, reply.
 //! - [`server`]: configuration, accept loop, limits, graceful shutdown.
 //! - [`client`]: an async client API used by every `imc` command.
+//! - [`bench`]: `imc bench`, the fan-out load generator.
 //! - [`scenario`]: plain-text multi-client scenarios and their runner.
 //! - [`cli`]: `imc`'s commands: one-shot commands and the REPL.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;

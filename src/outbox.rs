@@ -10,12 +10,14 @@
 //! Lines are [`Bytes`], so one broadcast line is built once and shared by all
 //! its recipients: a push is a reference-count increment, not a copy.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::LeaveReason;
@@ -44,6 +46,13 @@ struct State {
     reason: AtomicU8,
     /// Cancelled when the connection must end because of its outbox.
     cut: CancellationToken,
+    /// Woken after every completed write, for senders waiting on a
+    /// congested queue (see [`Outbox::relieve`]).
+    progress: Notify,
+    /// When the queue was created, the clock for `last_progress_ms`.
+    born: Instant,
+    /// Milliseconds after `born` when the last write completed.
+    last_progress_ms: AtomicU64,
 }
 
 /// The receiving side, owned by the connection's writer task.
@@ -62,6 +71,9 @@ pub fn outbox(limit: usize) -> (Outbox, Drain) {
         closed: AtomicBool::new(false),
         reason: AtomicU8::new(0),
         cut: CancellationToken::new(),
+        progress: Notify::new(),
+        born: Instant::now(),
+        last_progress_ms: AtomicU64::new(0),
     });
     (
         Outbox {
@@ -111,9 +123,42 @@ impl Outbox {
         }
     }
 
-    /// Bytes queued and not yet written (for tests and diagnostics).
+    /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
         self.state.queued.load(Ordering::Acquire)
+    }
+
+    /// True when more than half the limit is queued: a sender that just
+    /// added to this queue should wait for it (see [`Outbox::relieve`]).
+    pub fn congested(&self) -> bool {
+        self.queued() > self.state.limit / 2
+    }
+
+    /// Waits until this queue is back under half its limit, which is how a
+    /// fast sender is slowed to the pace of its slowest reader instead of
+    /// that reader being cut off. Only a reader that is making progress is
+    /// waited for: one whose last write completed more than `stall` ago is
+    /// frozen, not slow, and holds nobody up; its queue fills to the limit
+    /// and it is cut off then. So a frozen client costs senders one wait of
+    /// `stall` at most.
+    pub async fn relieve(&self, stall: Duration) {
+        let st = &self.state;
+        loop {
+            let progress = st.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if st.closed.load(Ordering::Acquire) || !self.congested() {
+                return;
+            }
+            let last = st.last_progress_ms.load(Ordering::Acquire);
+            let now = st.born.elapsed().as_millis() as u64;
+            if now.saturating_sub(last) > stall.as_millis() as u64 {
+                return;
+            }
+            if tokio::time::timeout(stall, progress).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -151,6 +196,9 @@ impl Drain {
                 return;
             }
             self.state.queued.fetch_sub(buf.len(), Ordering::AcqRel);
+            let now = self.state.born.elapsed().as_millis() as u64;
+            self.state.last_progress_ms.store(now, Ordering::Release);
+            self.state.progress.notify_waiters();
             buf.clear();
             // An idle connection keeps no write buffer.
             if self.rx.is_empty() {

@@ -120,12 +120,19 @@ impl Registry {
         }
     }
 
-    /// Sends a line to every online user, the sender included.
-    pub fn broadcast(&self, line: Bytes) {
+    /// Sends a line to every online user, the sender included. Returns the
+    /// recipients whose queues are now congested (usually none), for the
+    /// sender to wait on before its next line.
+    pub fn broadcast(&self, line: Bytes) -> Vec<Arc<Peer>> {
         let users = self.lock();
+        let mut congested = Vec::new();
         for p in users.values() {
             p.outbox.push(line.clone());
+            if p.outbox.congested() {
+                congested.push(p.clone());
+            }
         }
+        congested
     }
 
     /// Renames `old` (held by `me`) to `new`, atomically: of concurrent
@@ -162,7 +169,14 @@ impl Registry {
 
     /// Delivers a whisper to `to` and the confirmation to the sender `me`,
     /// or returns the error to send instead. `text` is already made visible.
-    pub fn whisper(&self, me: &Peer, from: &str, to: &str, text: &str) -> Result<(), ServerLine> {
+    /// On success, returns the target if its queue is now congested.
+    pub fn whisper(
+        &self,
+        me: &Peer,
+        from: &str,
+        to: &str,
+        text: &str,
+    ) -> Result<Option<Arc<Peer>>, ServerLine> {
         let users = self.lock();
         let Some(target) = users.get(to) else {
             return Err(ServerLine::error(
@@ -178,7 +192,7 @@ impl Registry {
             to: to.into(),
             text: text.into(),
         }));
-        Ok(())
+        Ok(target.outbox.congested().then(|| target.clone()))
     }
 
     /// The reply to `who`: one line per user, sorted by name, then the count,

@@ -118,7 +118,7 @@ fn parse_step(line: &str) -> Result<Step, String> {
             .ok_or_else(|| format!("bad duration {d:?}"));
     }
     let (who, rest) = line
-        .split_once(|c: char| c == ' ' || c == ':')
+        .split_once([' ', ':'])
         .ok_or("expected 'NAME -> LINE', 'NAME <- REGEX', 'NAME !<- REGEX', 'NAME: LINE', 'NAME connects' or 'NAME quits'")?;
     if who.is_empty() {
         return Err("missing client name".into());

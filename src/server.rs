@@ -39,6 +39,13 @@ pub struct Config {
     /// Presence notices are sent only while at most this many are online
     /// (see [`crate::registry::Registry`]).
     pub presence_limit: usize,
+    /// Backpressure: a sender whose line left a reader's queue over half
+    /// full waits (without reading more) until that queue drains, so a
+    /// flooding sender is slowed to its slowest reader's pace rather than
+    /// the reader being cut off. Only readers that completed a write within
+    /// this time are waited for; a frozen one holds nobody up and is cut off
+    /// when its queue is full.
+    pub stall_timeout: Duration,
     /// How long a closing connection may take to flush its queue, at
     /// shutdown or after an idle kick, before it is dropped.
     pub shutdown_grace: Duration,
@@ -53,6 +60,7 @@ impl Default for Config {
             max_connections: 10_000,
             presence_limit: 1000,
             shutdown_grace: Duration::from_secs(5),
+            stall_timeout: Duration::from_millis(500),
         }
     }
 }

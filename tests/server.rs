@@ -253,9 +253,7 @@ fn frozen_client_is_cut_off_and_others_keep_receiving() {
             (&mut alice, &mut alice_saw_cut),
             (&mut bob, &mut bob_saw_cut),
         ] {
-            let line = c.expect(&format!(
-                r"^(<alice> \d+ |\*\*\* frozen is offline \(too slow\)$)"
-            ));
+            let line = c.expect(r"^(<alice> \d+ |\*\*\* frozen is offline \(too slow\)$)");
             if line.starts_with("***") {
                 *saw_cut = true;
                 c.expect_next(&format!("^<alice> {sent} "));
