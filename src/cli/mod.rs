@@ -32,7 +32,8 @@ use crate::client::{Client, ClientError};
 pub const EXIT_CODES: &str = "\
 Exit status (the same for every command):
   0  success (also when stdout is a closed pipe)
-  1  refused by the server; the reason is on stderr
+  1  refused by the server (the reason is on stderr); for `scenario`: a
+     scenario failed
   2  usage error: bad arguments or unusable input
   3  cannot connect, or the connection was lost
   4  timed out";
@@ -112,6 +113,20 @@ pub enum Cmd {
     Listen(listen::ListenArgs),
     /// The interactive menu (also what imc does with no command).
     Repl,
+    /// Run scenario files (tests/README.md describes the format) against
+    /// the server; exit 0 if all pass, 1 if any fails (with transcripts).
+    Scenario {
+        /// Scenario files, run one after another.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Default wait for each expectation, in seconds, until a file's own
+        /// `timeout` line.
+        #[arg(long, default_value = "5", value_parser = parse_secs)]
+        expect_timeout: Duration,
+    },
+    /// Measure fan-out: connect clients, have some send, and report
+    /// deliveries/s, latency and anything lost (BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parses a number of seconds (fractions allowed) into a duration.
@@ -139,6 +154,9 @@ pub enum CliError {
     /// Reading stdin or writing stdout failed.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// Checks ran and some failed (`imc scenario`); details are on stdout.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl CliError {
@@ -149,6 +167,7 @@ impl CliError {
             CliError::Client(ClientError::Connect { .. } | ClientError::Lost(_)) => EXIT_CONNECTION,
             CliError::Client(ClientError::Timeout(_)) => EXIT_TIMEOUT,
             CliError::Usage(_) => EXIT_USAGE,
+            CliError::Failed(_) => EXIT_REFUSED,
             CliError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OK,
             CliError::Io(_) => EXIT_USAGE,
         }
@@ -171,7 +190,74 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         Cmd::Who { json } => oneshot::who(&args, json).await,
         Cmd::Listen(opts) => listen::run(&args, &opts).await,
         Cmd::Repl => repl::run(&args).await,
+        Cmd::Scenario {
+            files,
+            expect_timeout,
+        } => scenarios(&args, &files, expect_timeout).await,
+        Cmd::Bench(opts) => bench(&args, &opts).await,
     }
+}
+
+/// `imc scenario`: runs each file, prints PASS/FAIL per file and, for a
+/// failure, the step and every client's transcript.
+async fn scenarios(
+    args: &Args,
+    files: &[std::path::PathBuf],
+    expect_timeout: Duration,
+) -> Result<(), CliError> {
+    use crate::scenario::{self, Scenario};
+    let addr = SocketAddr::new(args.ip, args.port).to_string();
+    let mut parsed = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", f.display())))?;
+        let s = Scenario::parse(&f.display().to_string(), &text)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        parsed.push(s);
+    }
+    let mut failed = 0;
+    for s in &parsed {
+        let outcome = scenario::run(s, &addr, expect_timeout).await;
+        match &outcome.failure {
+            None => println!("PASS {}", s.name),
+            Some(why) => {
+                failed += 1;
+                println!("FAIL {why}");
+                println!("---- transcript ----\n{}---- end ----", outcome.transcript);
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::Failed(format!(
+            "{failed} of {} scenarios failed",
+            parsed.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `imc bench`: runs the benchmark and prints the report; exit 4 if it
+/// hit its time limit before everything arrived.
+async fn bench(args: &Args, opts: &crate::bench::BenchArgs) -> Result<(), CliError> {
+    let addr = SocketAddr::new(args.ip, args.port).to_string();
+    let report = crate::bench::run(&addr, opts)
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(io::Error::other)?
+        );
+    } else {
+        print!("{}", report.human());
+    }
+    if report.stalled {
+        return Err(ClientError::Timeout(Duration::from_secs_f64(opts.bench_timeout)).into());
+    }
+    Ok(())
 }
 
 /// Connects and claims `--name`, within `--timeout` in all.
