@@ -4,7 +4,7 @@
 
 use imchat::bench::{self, BenchArgs};
 
-use crate::support::{test_config, TestServer};
+use crate::support::TestServer;
 
 fn tiny() -> BenchArgs {
     BenchArgs {
