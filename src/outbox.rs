@@ -10,13 +10,14 @@
 //! Lines are [`Bytes`], so one broadcast line is built once and shared by all
 //! its recipients: a push is a reference-count increment, not a copy.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,16 +27,32 @@ use crate::protocol::LeaveReason;
 /// system call is what makes fan-out cheap; the cap keeps one write short.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// The sending side of a user's queue, shared with the registry.
+/// The sending side of a user's queue, shared with the registry. There is
+/// exactly one per queue; dropping it tells the writer to finish.
 #[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Bytes>,
     state: Arc<State>,
+}
+
+/// The lines waiting for the writer.
+///
+/// A plain `Mutex<VecDeque>` rather than a channel: the writer takes the
+/// whole queue in one swap, and only a push into an empty queue has to wake
+/// it, so fan-out costs one short lock and no wakeup per line for a busy
+/// user (a channel costs an atomic list push and a wake per line).
+#[derive(Debug, Default)]
+struct Lines {
+    queue: VecDeque<Bytes>,
+    /// The [`Outbox`] is gone: write what is left, then finish.
+    finished: bool,
 }
 
 /// What the sending side and the writer task share.
 #[derive(Debug)]
 struct State {
+    lines: Mutex<Lines>,
+    /// Wakes the writer when lines arrive in an empty queue or it finishes.
+    ready: Notify,
     /// Bytes pushed and not yet written to the socket.
     queued: AtomicUsize,
     /// The limit on `queued`; see [`crate::server::Config::queue_bytes`].
@@ -58,14 +75,14 @@ struct State {
 /// The receiving side, owned by the connection's writer task.
 #[derive(Debug)]
 pub struct Drain {
-    rx: mpsc::UnboundedReceiver<Bytes>,
     state: Arc<State>,
 }
 
 /// Creates a queue holding at most `limit` bytes.
 pub fn outbox(limit: usize) -> (Outbox, Drain) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let state = Arc::new(State {
+        lines: Mutex::new(Lines::default()),
+        ready: Notify::new(),
         queued: AtomicUsize::new(0),
         limit,
         closed: AtomicBool::new(false),
@@ -77,14 +94,26 @@ pub fn outbox(limit: usize) -> (Outbox, Drain) {
     });
     (
         Outbox {
-            tx,
             state: state.clone(),
         },
-        Drain { rx, state },
+        Drain { state },
     )
 }
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.state.lock().finished = true;
+        self.state.ready.notify_one();
+    }
+}
+
 impl State {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lines> {
+        // Every critical section is a single push or swap: nothing can be
+        // left half-done by a panic, so poisoning is ignored.
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn close(&self, reason: LeaveReason) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             self.reason.store(reason as u8, Ordering::Release);
@@ -107,7 +136,15 @@ impl Outbox {
             st.close(LeaveReason::TooSlow);
             return false;
         }
-        self.tx.send(line).is_ok()
+        let was_empty = {
+            let mut lines = st.lock();
+            lines.queue.push_back(line);
+            lines.queue.len() == 1
+        };
+        if was_empty {
+            st.ready.notify_one();
+        }
+        true
     }
 
     /// Resolves when the connection must end because of its outbox.
@@ -168,44 +205,53 @@ impl Drain {
     /// outbox is cut (then stops at once: a client that does not read must
     /// not hold anything up). The caller bounds the final flush in time, so
     /// a frozen client cannot stall a graceful shutdown.
-    pub async fn run<W: AsyncWrite + Unpin>(mut self, mut w: W) {
-        let cut = self.state.cut.clone();
+    pub async fn run<W: AsyncWrite + Unpin>(self, mut w: W) {
+        let st = &self.state;
+        let cut = st.cut.clone();
+        let mut batch: VecDeque<Bytes> = VecDeque::new();
         let mut buf: Vec<u8> = Vec::new();
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = cut.cancelled() => return,
-                line = self.rx.recv() => line,
+            let finished = {
+                let mut lines = st.lock();
+                std::mem::swap(&mut lines.queue, &mut batch);
+                lines.finished
             };
-            let Some(first) = first else { break };
-            buf.extend_from_slice(&first);
-            while buf.len() < BATCH_BYTES {
-                match self.rx.try_recv() {
-                    Ok(line) => buf.extend_from_slice(&line),
-                    Err(_) => break,
+            if batch.is_empty() {
+                if finished {
+                    break;
+                }
+                // An idle connection keeps no buffers.
+                buf = Vec::new();
+                batch = VecDeque::new();
+                tokio::select! {
+                    biased;
+                    _ = cut.cancelled() => return,
+                    _ = st.ready.notified() => continue,
                 }
             }
-            let wrote = tokio::select! {
-                biased;
-                _ = cut.cancelled() => return,
-                r = w.write_all(&buf) => r,
-            };
-            if let Err(e) = wrote {
-                tracing::debug!("write failed: {e}");
-                self.state.close(LeaveReason::Error);
-                return;
-            }
-            self.state.queued.fetch_sub(buf.len(), Ordering::AcqRel);
-            let now = self.state.born.elapsed().as_millis() as u64;
-            self.state.last_progress_ms.store(now, Ordering::Release);
-            self.state.progress.notify_waiters();
-            buf.clear();
-            // An idle connection keeps no write buffer.
-            if self.rx.is_empty() {
-                buf = Vec::new();
+            while let Some(line) = batch.pop_front() {
+                buf.extend_from_slice(&line);
+                if buf.len() < BATCH_BYTES && !batch.is_empty() {
+                    continue;
+                }
+                let wrote = tokio::select! {
+                    biased;
+                    _ = cut.cancelled() => return,
+                    r = w.write_all(&buf) => r,
+                };
+                if let Err(e) = wrote {
+                    tracing::debug!("write failed: {e}");
+                    st.close(LeaveReason::Error);
+                    return;
+                }
+                st.queued.fetch_sub(buf.len(), Ordering::AcqRel);
+                let now = st.born.elapsed().as_millis() as u64;
+                st.last_progress_ms.store(now, Ordering::Release);
+                st.progress.notify_waiters();
+                buf.clear();
             }
         }
-        // Every handle is gone: the connection is ending normally.
+        // The outbox is gone: the connection is ending normally.
         let _ = w.shutdown().await;
     }
 }
