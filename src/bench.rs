@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// PID of the server, to report its RSS (from /proc).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Cluster mode: a second node (same IP, this port); odd-numbered
+    /// clients connect there, so half of all deliveries cross nodes.
+    #[arg(long)]
+    pub second_port: Option<u16>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -94,6 +98,10 @@ pub struct Report {
     pub latency_us_p90: u64,
     pub latency_us_p99: u64,
     pub latency_us_max: u64,
+    /// Cluster mode: deliveries from a sender on the other node.
+    pub cross_node_deliveries: u64,
+    pub cross_node_latency_us_p50: u64,
+    pub cross_node_latency_us_p99: u64,
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
@@ -120,6 +128,8 @@ struct Tally {
     out_of_order: u64,
     corrupted: u64,
     hist: Histogram<u64>,
+    /// Latencies of deliveries that crossed nodes (cluster mode).
+    cross: Histogram<u64>,
     closed: bool,
 }
 
@@ -224,12 +234,28 @@ pub async fn run(addr: &str, args: &BenchArgs) -> std::io::Result<Report> {
                 out_of_order: 0,
                 corrupted: 0,
                 hist: Histogram::new(3).expect("histogram"),
+                cross: Histogram::new(3).expect("histogram"),
                 closed: false,
             }))
         })
         .collect();
-    for tally in &tallies {
-        let stream = TcpStream::connect(addr).await?;
+    let second = match args.second_port {
+        Some(port) => {
+            let first = tokio::net::lookup_host(addr)
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
+            Some(std::net::SocketAddr::new(first.ip(), port).to_string())
+        }
+        None => None,
+    };
+    let cluster = second.is_some();
+    for (i, tally) in tallies.iter().enumerate() {
+        let target = match &second {
+            Some(s) if i % 2 == 1 => s.as_str(),
+            _ => addr,
+        };
+        let stream = TcpStream::connect(target).await?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         writers.push(w);
@@ -239,6 +265,7 @@ pub async fn run(addr: &str, args: &BenchArgs) -> std::io::Result<Report> {
             tally.clone(),
             shared.clone(),
             expected,
+            cluster,
         )));
     }
     let mut frozen = Vec::with_capacity(args.frozen);
@@ -387,6 +414,7 @@ pub async fn run(addr: &str, args: &BenchArgs) -> std::io::Result<Report> {
     }
 
     let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let mut cross = Histogram::<u64>::new(3).expect("histogram");
     let mut report = Report {
         clients: args.clients,
         senders,
@@ -409,6 +437,7 @@ pub async fn run(addr: &str, args: &BenchArgs) -> std::io::Result<Report> {
     for t in &tallies {
         let t = t.lock().unwrap();
         hist.add(&t.hist).expect("same histogram bounds");
+        cross.add(&t.cross).expect("same histogram bounds");
         report.deliveries += t.got;
         report.lost += t.lost;
         report.duplicated += t.duplicated;
@@ -439,6 +468,9 @@ pub async fn run(addr: &str, args: &BenchArgs) -> std::io::Result<Report> {
     report.latency_us_p90 = hist.value_at_quantile(0.90);
     report.latency_us_p99 = hist.value_at_quantile(0.99);
     report.latency_us_max = hist.max();
+    report.cross_node_deliveries = cross.len();
+    report.cross_node_latency_us_p50 = cross.value_at_quantile(0.50);
+    report.cross_node_latency_us_p99 = cross.value_at_quantile(0.99);
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
         let conns = (args.clients + args.frozen + args.connections).max(1) as f64;
         report.server_rss_bytes_per_connection = Some((a.saturating_sub(b) * 1024) as f64 / conns);
@@ -486,6 +518,7 @@ async fn receive(
     tally: Arc<Mutex<Tally>>,
     shared: Arc<Shared>,
     expected: u64,
+    cluster: bool,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0;
@@ -545,7 +578,11 @@ async fn receive(
                         continue;
                     }
                     t.got += 1;
-                    let _ = t.hist.record(now.saturating_sub(ts).max(1));
+                    let latency = now.saturating_sub(ts).max(1);
+                    let _ = t.hist.record(latency);
+                    if cluster && sender % 2 != me % 2 {
+                        let _ = t.cross.record(latency);
+                    }
                     if sender == me {
                         confirmed += 1;
                     }

@@ -19,25 +19,34 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::codec::{Frame, FrameError, LineCodec};
 use crate::outbox::outbox;
 use crate::protocol::{validate_name, visible, Command, ErrorCode, LeaveReason, ServerLine};
 use crate::registry::{wire, Peer, Registry};
 use crate::server::Config;
 
-/// What every connection shares: the registry and the limits.
+/// What every connection shares: the registry, the limits, and the
+/// cluster link when this node is one of several (`imd --redis`).
 #[derive(Debug)]
 pub struct Shared {
     pub registry: Registry,
     pub config: Config,
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Shared {
-    /// Shared state for a server with this configuration.
+    /// Shared state for a single server with this configuration.
     pub fn new(config: Config) -> Shared {
+        Shared::with_cluster(config, None)
+    }
+
+    /// Shared state for a node that may belong to a cluster.
+    pub fn with_cluster(config: Config, cluster: Option<Arc<Cluster>>) -> Shared {
         Shared {
             registry: Registry::new(config.presence_limit),
             config,
+            cluster,
         }
     }
 }
@@ -71,6 +80,15 @@ pub async fn serve<R, W>(
     let name = addr.to_string();
     tracing::info!(%addr, "connected");
     shared.registry.join(&name, peer.clone());
+    if let Some(c) = &shared.cluster {
+        // Address names are claimed too, so `who` and whispers see them;
+        // two nodes' clients could share an address only across hosts.
+        if !c.claim(&name).await {
+            tracing::warn!(name, "address name already claimed on another node");
+        }
+        c.add_user(&name).await;
+        c.publish_line(&ServerLine::Joined { name: name.clone() }, true);
+    }
 
     let mut session = Session {
         name,
@@ -81,6 +99,21 @@ pub async fn serve<R, W>(
     let (reason, notify) = session.read_loop(reader, &shutdown).await;
     let Session { name, peer, .. } = session;
     shared.registry.leave(&name, peer.id, reason, notify);
+    if let Some(c) = &shared.cluster {
+        c.remove_user(&name).await;
+        let reason = if notify {
+            reason
+        } else {
+            LeaveReason::Shutdown
+        };
+        c.publish_line(
+            &ServerLine::Left {
+                name: name.clone(),
+                reason: reason.as_str().into(),
+            },
+            true,
+        );
+    }
     match reason {
         LeaveReason::TooSlow => {
             tracing::warn!(name, %addr, "slow consumer disconnected: outbound queue full")
@@ -140,7 +173,7 @@ impl Session {
         loop {
             while self.congested.is_empty() {
                 match codec.decode(&mut buf) {
-                    Ok(Some(frame)) => self.handle(frame),
+                    Ok(Some(frame)) => self.handle(frame).await,
                     Ok(None) => break,
                     Err(e) => return self.flooded(e),
                 }
@@ -186,7 +219,7 @@ impl Session {
                     Ok(0) => {
                         loop {
                             match codec.decode_eof(&mut buf) {
-                                Ok(Some(frame)) => self.handle(frame),
+                                Ok(Some(frame)) => self.handle(frame).await,
                                 Ok(None) => break,
                                 Err(e) => return self.flooded(e),
                             }
@@ -222,7 +255,7 @@ impl Session {
 
     /// Runs one frame. Every command line gets exactly one reply (an `ok`, an
     /// `error`, or for a public message its own broadcast coming back).
-    fn handle(&mut self, frame: Frame) {
+    async fn handle(&mut self, frame: Frame) {
         let bytes = match frame {
             Frame::Line(bytes) => bytes,
             Frame::TooLong => {
@@ -245,11 +278,22 @@ impl Session {
                 };
                 let congested = self.registry().broadcast(wire(&line));
                 self.congested.extend(congested);
+                if let Some(c) = &self.shared.cluster {
+                    c.publish_line(&line, false);
+                }
             }
             Command::Who => {
-                self.peer.outbox.push(self.registry().who());
+                let cluster_names = match &self.shared.cluster {
+                    Some(c) => c.who().await,
+                    None => None,
+                };
+                let reply = match cluster_names {
+                    Some(names) => Registry::who_reply(names),
+                    None => self.registry().who(),
+                };
+                self.peer.outbox.push(reply);
             }
-            Command::Rename(new) => self.rename(new),
+            Command::Rename(new) => self.rename(new).await,
             Command::Whisper { to, text } => {
                 if text.trim().is_empty() {
                     return self.reply(ServerLine::error(
@@ -260,7 +304,21 @@ impl Session {
                 let text = visible(text);
                 match self.registry().whisper(&self.peer, &self.name, to, &text) {
                     Ok(congested) => self.congested.extend(congested),
-                    Err(e) => self.reply(e),
+                    Err(e) => {
+                        // Not here: maybe on another node of the cluster.
+                        let remote = match &self.shared.cluster {
+                            Some(c) => c.whisper(&self.name, to, &text).await,
+                            None => false,
+                        };
+                        if remote {
+                            self.reply(ServerLine::Sent {
+                                to: to.into(),
+                                text: text.into_owned(),
+                            });
+                        } else {
+                            self.reply(e);
+                        }
+                    }
                 }
             }
             Command::Malformed(usage) => self.reply(ServerLine::error(
@@ -270,19 +328,46 @@ impl Session {
         }
     }
 
-    fn rename(&mut self, new: &str) {
+    async fn rename(&mut self, new: &str) {
         if let Err(e) = validate_name(new) {
             return self.reply(ServerLine::error(
                 ErrorCode::BadName,
                 format!("invalid name '{}': {e}", visible(new)),
             ));
         }
+        let cluster = self.shared.cluster.clone().filter(|_| new != self.name);
+        // In a cluster the name is first claimed atomically in Redis, so of
+        // concurrent renames on different nodes exactly one wins.
+        if let Some(c) = &cluster {
+            if !c.claim(new).await {
+                return self.reply(ServerLine::error(
+                    ErrorCode::NameTaken,
+                    format!("name '{new}' is taken"),
+                ));
+            }
+        }
         match self.shared.registry.rename(&self.peer, &self.name, new) {
             Ok(()) => {
                 tracing::info!(old = self.name, new, "renamed");
-                self.name = new.to_string();
+                let old = std::mem::replace(&mut self.name, new.to_string());
+                if let Some(c) = &cluster {
+                    c.remove_user(&old).await;
+                    c.add_user(new).await;
+                    c.publish_line(
+                        &ServerLine::NameChanged {
+                            old,
+                            new: new.into(),
+                        },
+                        true,
+                    );
+                }
             }
-            Err(e) => self.reply(e),
+            Err(e) => {
+                if let Some(c) = &cluster {
+                    c.release(new).await;
+                }
+                self.reply(e)
+            }
         }
     }
 }

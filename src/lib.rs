@@ -13,6 +13,7 @@
 //! - [`registry`]: who is online, atomic renames, and fan-out.
 //! - [`connection`]: one client's session: read, run commands, reply.
 //! - [`server`]: configuration, accept loop, limits, graceful shutdown.
+//! - [`cluster`]: several nodes as one chat over Redis (`imd --redis`).
 //! - [`client`]: an async client API used by every `imc` command.
 //! - [`bench`]: `imc bench`, the fan-out load generator.
 //! - [`scenario`]: plain-text multi-client scenarios and their runner.
@@ -21,6 +22,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod connection;
 pub mod outbox;

@@ -113,6 +113,8 @@ pub enum LeaveReason {
     Flood,
     /// A network error on its connection.
     Error,
+    /// Its server shut down (told to users on other nodes of a cluster).
+    Shutdown,
 }
 
 impl LeaveReason {
@@ -124,6 +126,7 @@ impl LeaveReason {
             LeaveReason::TooSlow => "too slow",
             LeaveReason::Flood => "flood",
             LeaveReason::Error => "connection error",
+            LeaveReason::Shutdown => "server shutting down",
         }
     }
 }
@@ -213,6 +216,9 @@ pub enum ServerLine {
     NameChanged { old: String, new: String },
     /// `*** bye: REASON`: the server is closing this connection.
     Bye { reason: String },
+    /// `*** cluster: TEXT`: news about this node's link to the others
+    /// (`imd --redis`): paused, resumed.
+    Cluster { text: String },
 }
 
 impl ServerLine {
@@ -251,6 +257,7 @@ impl ServerLine {
                 writeln!(out, "*** {old} is now known as {new}")
             }
             ServerLine::Bye { reason } => writeln!(out, "*** bye: {reason}"),
+            ServerLine::Cluster { text } => writeln!(out, "*** cluster: {text}"),
         };
     }
 
@@ -308,6 +315,9 @@ fn parse_notice(rest: &str) -> Option<ServerLine> {
         return Some(ServerLine::Bye {
             reason: reason.into(),
         });
+    }
+    if let Some(text) = rest.strip_prefix("cluster: ") {
+        return Some(ServerLine::Cluster { text: text.into() });
     }
     if let Some(tail) = rest.strip_prefix("welcome, you are ") {
         let name = tail.strip_suffix(WELCOME_HELP)?.strip_suffix(' ')?;
@@ -501,6 +511,9 @@ mod tests {
             },
             ServerLine::Bye {
                 reason: "server shutting down".into(),
+            },
+            ServerLine::Cluster {
+                text: "cluster messages resumed".into(),
             },
         ];
         for line in lines {

@@ -195,11 +195,46 @@ impl Registry {
         Ok(target.outbox.congested().then(|| target.clone()))
     }
 
-    /// The reply to `who`: one line per user, sorted by name, then the count,
-    /// as a single buffer so it reaches the asker in one piece.
+    /// The reply to `who` for this node's users.
     pub fn who(&self) -> Bytes {
-        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        Registry::who_reply(self.names())
+    }
+
+    /// Everyone online on this node, unsorted.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Sends a presence notice from elsewhere (another node of a cluster)
+    /// to every user here, unless this node is over its presence limit.
+    pub fn notice(&self, line: Bytes) {
+        let users = self.lock();
+        if self.presence_on(users.len()) {
+            for p in users.values() {
+                p.outbox.push(line.clone());
+            }
+        }
+    }
+
+    /// Delivers a whisper from another node to local user `to`; false if
+    /// `to` is not here (any more).
+    pub fn deliver_private(&self, to: &str, from: &str, text: &str) -> bool {
+        let users = self.lock();
+        let Some(target) = users.get(to) else {
+            return false;
+        };
+        target.outbox.push(wire(&ServerLine::Private {
+            from: from.into(),
+            text: text.into(),
+        }))
+    }
+
+    /// The reply to `who` for a list of names: one line per user, sorted,
+    /// then the count, as a single buffer so it reaches the asker in one
+    /// piece.
+    pub fn who_reply(mut names: Vec<String>) -> Bytes {
         names.sort_unstable();
+        names.dedup();
         let mut out = String::with_capacity(names.len() * 24 + 24);
         for name in &names {
             ServerLine::WhoItem { name: name.clone() }.encode_into(&mut out);

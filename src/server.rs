@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::connection::{serve, Shared};
 use crate::protocol::{ErrorCode, ServerLine};
 
@@ -60,7 +61,7 @@ impl Default for Config {
             max_connections: 10_000,
             presence_limit: 1000,
             shutdown_grace: Duration::from_secs(5),
-            stall_timeout: Duration::from_millis(500),
+            stall_timeout: Duration::from_millis(250),
         }
     }
 }
@@ -81,10 +82,24 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duratio
 /// every user, flushes their queues (each within
 /// [`Config::shutdown_grace`]) and returns once every connection has ended.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) {
+    run_with(listener, config, None, shutdown).await
+}
+
+/// [`run`] for a node of a cluster: `cluster` (from
+/// [`Cluster::connect`]) links it to the other nodes through Redis.
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    cluster: Option<Arc<Cluster>>,
+    shutdown: impl Future,
+) {
     let grace = config.shutdown_grace;
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let max_connections = config.max_connections;
-    let shared = Arc::new(Shared::new(config));
+    let shared = Arc::new(Shared::with_cluster(config, cluster.clone()));
+    if let Some(c) = &cluster {
+        c.start(shared.clone());
+    }
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF.0;
@@ -132,6 +147,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) {
     tracker.close();
     // Each connection bounds its own flush by `grace`; this is a backstop.
     let _ = tokio::time::timeout(grace * 2, tracker.wait()).await;
+    if let Some(c) = &cluster {
+        c.shutdown(&shared).await;
+    }
 }
 
 /// Tells a connection over the limit why it is refused, then closes it.

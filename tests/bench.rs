@@ -17,6 +17,7 @@ fn tiny() -> BenchArgs {
         frozen: 0,
         connections: 0,
         server_pid: None,
+        second_port: None,
         json: false,
         bench_timeout: 30.0,
     }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use imchat::cluster::{Cluster, ClusterConfig};
 use imchat::server::{self, Config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -42,6 +43,18 @@ struct Args {
     /// users are online (each join told to everyone costs N² lines).
     #[arg(long, env = "IMD_PRESENCE_LIMIT", default_value_t = 1000)]
     presence_limit: u64,
+    /// Milliseconds a reader over half its queue may go without taking
+    /// anything before senders stop waiting for it (backpressure).
+    #[arg(long, env = "IMD_STALL_MS", default_value_t = 250)]
+    stall_ms: u64,
+    /// Join a cluster of imd nodes through this Redis (redis://HOST:PORT).
+    /// Without it, imd is a single node and never touches Redis.
+    #[arg(long, env = "IMD_REDIS")]
+    redis: Option<String>,
+    /// Seconds a node's users outlive its last heartbeat in the cluster:
+    /// how soon a killed node's users leave `who`.
+    #[arg(long, env = "IMD_CLUSTER_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    cluster_ttl: u64,
 }
 
 #[tokio::main]
@@ -62,6 +75,7 @@ async fn main() -> ExitCode {
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         max_connections: args.max_connections as usize,
         presence_limit: args.presence_limit as usize,
+        stall_timeout: Duration::from_millis(args.stall_ms),
         ..Config::default()
     };
     let listener = match TcpListener::bind((args.ip, args.port)).await {
@@ -78,6 +92,22 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let cluster = match &args.redis {
+        None => None,
+        Some(url) => {
+            let cc = ClusterConfig {
+                url: url.clone(),
+                ttl: Duration::from_secs(args.cluster_ttl),
+            };
+            match Cluster::connect(cc, &addr.to_string()).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("imd: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
     // The first stdout line, so scripts and tests can learn the port.
     let mut stdout = tokio::io::stdout();
     let _ = stdout
@@ -85,7 +115,7 @@ async fn main() -> ExitCode {
         .await;
     let _ = stdout.flush().await;
     tracing::info!(%addr, "listening");
-    server::run(listener, config, shutdown_signal()).await;
+    server::run_with(listener, config, cluster, shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -68,6 +68,7 @@ pub fn json_event(event: &Event, me: &str) -> JsonEvent {
         Event::Line(ServerLine::Left { name, reason }) => ("offline", v(name), None, v(reason)),
         Event::Line(ServerLine::NameChanged { old, new }) => ("rename", v(old), v(new), None),
         Event::Line(ServerLine::Bye { reason }) => ("bye", None, None, v(reason)),
+        Event::Line(ServerLine::Cluster { text }) => ("cluster", None, None, v(text)),
         other => ("other", None, None, Some(human(other))),
     };
     JsonEvent {

@@ -212,6 +212,17 @@ impl TestServer {
         }
     }
 
+    /// Kills a binary server with SIGKILL: no cleanup at all.
+    pub fn kill9(&mut self) {
+        match &mut self.running {
+            Running::Binary(child) => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+            }
+            Running::InProcess { .. } => panic!("kill9() is for start_binary servers"),
+        }
+    }
+
     /// Stops an in-process server the way Ctrl-C stops imd, and waits for
     /// `run` to return.
     pub fn shutdown(&mut self) {
@@ -464,5 +475,71 @@ impl LineClient {
     /// The underlying socket, for tests that need to misbehave.
     pub fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+}
+
+/// A real `redis-server` on a free port, for cluster tests; killed on drop.
+/// Debian's package `redis-server` provides it (the README's test command
+/// installs it).
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port and waits until it answers.
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = RedisServer { port, child: None };
+        r.restart();
+        r
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL): to clients, Redis is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (Debian: apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + EXPECT_TIMEOUT;
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.write_all(b"PING\r\n");
+                let mut buf = [0u8; 7];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

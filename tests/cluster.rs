@@ -1,0 +1,222 @@
+//! Several imd nodes as one chat (`imd --redis`): real `redis-server`, real
+//! `imd` binaries, raw clients on each node.
+
+use std::time::Duration;
+
+use crate::support::{RedisServer, TestServer};
+
+/// A node of a cluster on `redis`, with a short presence TTL so a killed
+/// node's users are reaped quickly.
+fn node(redis: &RedisServer) -> TestServer {
+    TestServer::start_binary(&[
+        "--redis",
+        &redis.url(),
+        "--cluster-ttl",
+        "1",
+        "--idle-timeout",
+        "0",
+    ])
+}
+
+/// Across two nodes: presence notices, public messages, whispers (only to
+/// their target), `who` listing everyone, and offline notices.
+#[test]
+fn two_nodes_behave_as_one_server() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis);
+    let n2 = node(&redis);
+    let mut alice = n1.client("alice");
+    let mut carol = n1.client("carol");
+    let mut bob = n2.raw_client("bob");
+    let bob_addr = regex::escape(&bob.name);
+    alice.expect(&format!(r"^\*\*\* {bob_addr} is online$"));
+    bob.send("rename|bob");
+    bob.expect_next("^ok rename: you are now bob$");
+    alice.expect(&format!(r"^\*\*\* {bob_addr} is now known as bob$"));
+
+    alice.send("hello from node one");
+    bob.expect("^<alice> hello from node one$");
+    bob.send("hello from node two");
+    alice.expect("^<bob> hello from node two$");
+    carol.expect("^<bob> hello from node two$");
+
+    alice.send("to|bob|psst | secret");
+    alice.expect_next(r"^ok to bob: psst \| secret$");
+    bob.expect(r"^\*alice\* psst \| secret$");
+    alice.send("fence");
+    carol.expect_none_before("secret", "^<alice> fence$");
+
+    bob.send("to|nobody|hi");
+    bob.expect("^error no-such-user: ");
+    assert_eq!(bob.who(), vec!["alice", "bob", "carol"]);
+    assert_eq!(alice.who(), vec!["alice", "bob", "carol"]);
+
+    bob.quit();
+    alice.expect(r"^\*\*\* bob is offline \(quit\)$");
+    assert_eq!(carol.who(), vec!["alice", "carol"]);
+}
+
+/// Names are unique across the cluster: of concurrent renames to one name
+/// from clients on two nodes, exactly one wins, every round.
+#[test]
+fn concurrent_renames_on_two_nodes_have_one_winner() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis);
+    let n2 = node(&redis);
+    for round in 0..4 {
+        let name = format!("prize{round}");
+        let mut clients: Vec<_> = (0..5)
+            .map(|i| n1.raw_client(&format!("a{i}")))
+            .chain((0..5).map(|i| n2.raw_client(&format!("b{i}"))))
+            .collect();
+        for c in clients.iter_mut() {
+            c.send_raw(format!("rename|{name}\n").as_bytes());
+        }
+        let wins = clients
+            .iter_mut()
+            .map(|c| c.expect("^(ok rename|error name-taken)"))
+            .filter(|l| l.starts_with("ok"))
+            .count();
+        assert_eq!(wins, 1, "round {round}");
+        let names = clients[0].who();
+        assert_eq!(names.iter().filter(|n| **n == name).count(), 1, "{names:?}");
+        assert_eq!(names.len(), 10, "{names:?}");
+    }
+}
+
+/// Each user sees each sender's lines in the order sent, across nodes.
+#[test]
+fn order_is_kept_across_nodes() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis);
+    let n2 = node(&redis);
+    let mut alice = n1.client("alice");
+    let mut bob = n2.client("bob");
+    alice.expect(r"is now known as bob$");
+    let mut burst = String::new();
+    for i in 0..2000 {
+        burst.push_str(&format!("to|bob|w{i}\nline {i}\n"));
+    }
+    alice.send_raw(burst.as_bytes());
+    for i in 0..2000 {
+        assert_eq!(bob.next_line(), format!("*alice* w{i}"));
+        assert_eq!(bob.next_line(), format!("<alice> line {i}"));
+    }
+}
+
+/// A node killed with SIGKILL leaves no ghost: its users leave `who`, the
+/// others are told they went offline, and their names become free.
+#[test]
+fn killed_node_leaves_no_ghosts() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis);
+    let mut n2 = node(&redis);
+    let mut alice = n1.client("alice");
+    let _bob = n2.client("bob");
+    alice.expect(r"is now known as bob$");
+    assert_eq!(alice.who(), vec!["alice", "bob"]);
+    n2.kill9();
+    // TTL 1 s plus a reaping round: well within the expect timeout.
+    alice.expect(r"^\*\*\* bob is offline \(node lost\)$");
+    assert_eq!(alice.who(), vec!["alice"]);
+    let mut bob2 = n1.raw_client("bob2");
+    bob2.send("rename|bob");
+    bob2.expect_next("^ok rename: you are now bob$");
+}
+
+/// Redis stopped while clients chat: each node keeps serving its own users
+/// and tells them cluster messages are paused; once Redis is back (empty),
+/// the nodes resubscribe, repair presence, and cross-node chat and `who`
+/// work again.
+#[test]
+fn redis_restart_pauses_then_resumes_the_cluster() {
+    let mut redis = RedisServer::start();
+    let n1 = node(&redis);
+    let n2 = node(&redis);
+    let mut alice = n1.client("alice");
+    let mut carol = n1.client("carol");
+    let mut bob = n2.client("bob");
+    alice.expect(r"is now known as bob$");
+
+    redis.stop();
+    alice.expect(r"^\*\*\* cluster: cluster messages are paused");
+    bob.expect(r"^\*\*\* cluster: cluster messages are paused");
+    alice.send("local still works");
+    carol.expect("^<alice> local still works$");
+    alice.expect("^<alice> local still works$");
+
+    redis.restart();
+    alice.expect(r"^\*\*\* cluster: cluster messages resumed$");
+    bob.expect(r"^\*\*\* cluster: cluster messages resumed$");
+    assert_eq!(alice.who(), vec!["alice", "bob", "carol"]);
+    alice.send("across again");
+    bob.expect("^<alice> across again$");
+    bob.send("to|carol|welcome back");
+    carol.expect(r"^\*bob\* welcome back$");
+}
+
+/// Redis unreachable at start: a clear error and a non-zero exit.
+#[test]
+fn unreachable_redis_at_start_is_an_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = assert_cmd::Command::cargo_bin("imd")
+        .unwrap()
+        .args([
+            "--port",
+            "0",
+            "--redis",
+            &format!("redis://127.0.0.1:{port}"),
+        ])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach redis at redis://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no 'listening' line when it cannot start"
+    );
+}
+
+/// The bench's cluster mode: clients spread over two nodes, nothing lost
+/// or reordered, and half the deliveries cross nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_across_two_nodes_loses_nothing() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis);
+    let n2 = node(&redis);
+    let args = imchat::bench::BenchArgs {
+        clients: 6,
+        senders: 2,
+        messages: 300,
+        size: 64,
+        window: Some(8),
+        rate: None,
+        frozen: 0,
+        connections: 0,
+        server_pid: None,
+        second_port: Some(n2.port()),
+        json: false,
+        bench_timeout: 30.0,
+    };
+    let r = imchat::bench::run(&n1.addr().to_string(), &args)
+        .await
+        .unwrap();
+    assert!(!r.stalled, "{}", r.human());
+    assert_eq!(r.deliveries, 2 * 300 * 6, "{}", r.human());
+    assert_eq!(
+        r.lost + r.duplicated + r.corrupted + r.disconnected,
+        0,
+        "{}",
+        r.human()
+    );
+    assert_eq!(r.cross_node_deliveries, 300 * 6, "{}", r.human());
+}
