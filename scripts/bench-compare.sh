@@ -4,8 +4,8 @@
 # Runs `imc bench` against imd and against the seed's Go server, side by
 # side in one run with the same arguments, for the targets of BENCHMARKS.md
 # (1 fan-out, 2 flat out, 3 frozen client, 4 many connections, 5 one-shot
-# send vs nc). Each target gets a fresh server process of each kind, and
-# the two servers alternate. Figures go to stdout; raw JSON reports to
+# send vs nc, 6 two imd nodes on Redis vs one). Each target gets a fresh
+# server process of each kind, and the two servers alternate. Figures go to stdout; raw JSON reports to
 # $OUT (default ./bench-results).
 #
 # Needs: release binaries (cargo build --release), Go to build the seed
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-$PWD/target/release}
 OUT=${OUT:-$PWD/bench-results}
 SEED_DIR=${SEED_DIR:-${TMPDIR:-/tmp}/go-seed/bin}
-targets=("${@:-1 2 3 4 5}")
+targets=("${@:-1 2 3 4 5 6}")
 targets=(${targets[@]})
 mkdir -p "$OUT"
 
@@ -48,14 +48,9 @@ start() {
 }
 stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
 
-# run NAME KIND BENCH-ARGS...: one bench run, human output + JSON file.
-run() {
-    local name=$1 kind=$2
-    shift 2
-    start "$kind"
-    echo "--- $kind: imc bench $*"
-    "$BIN/imc" --port "$PORT" bench "$@" --server-pid "$PID" --json >"$OUT/$name-$kind.json" || true
-    python3 - "$OUT/$name-$kind.json" <<'EOF'
+# summarize FILE: the figures of one JSON report, on two or three lines.
+summarize() {
+    python3 - "$1" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 print(f"  deliveries/s {d['deliveries_per_sec']:,.0f}  ({d['deliveries']:,} of {d['deliveries_expected']:,})"
@@ -63,10 +58,22 @@ print(f"  deliveries/s {d['deliveries_per_sec']:,.0f}  ({d['deliveries']:,} of {
 print(f"  lost {d['lost']}  dup {d['duplicated']}  out-of-order {d['out_of_order']}  corrupted {d['corrupted']}"
       f"  disconnected {d['disconnected']}  frozen cut {d['frozen_disconnected']}/{d['frozen']}"
       f"  joins settled {d['join_settle_secs']:.2f} s  stalled {d['stalled']}")
+if d['cross_node_deliveries']:
+    print(f"  cross-node deliveries {d['cross_node_deliveries']:,}  p50 {d['cross_node_latency_us_p50']/1000:.2f} ms  p99 {d['cross_node_latency_us_p99']/1000:.2f} ms")
 if d['connections']:
     print(f"  idle connections reached {d['connections_reached']}/{d['connections']}  RSS {d['server_rss_kib_before']} -> {d['server_rss_kib_after']} KiB"
           f"  = {d['server_rss_bytes_per_connection'] or 0:,.0f} bytes/connection")
 EOF
+}
+
+# run NAME KIND BENCH-ARGS...: one bench run, human output + JSON file.
+run() {
+    local name=$1 kind=$2
+    shift 2
+    start "$kind"
+    echo "--- $kind: imc bench $*"
+    "$BIN/imc" --port "$PORT" bench "$@" --server-pid "$PID" --json >"$OUT/$name-$kind.json" || true
+    summarize "$OUT/$name-$kind.json"
     stop
 }
 
@@ -117,6 +124,26 @@ print(f"  {kind}: nc -N median {m_nc:.2f} ms, imc send median {m_imc:.2f} ms (ra
 EOF
             stop
         done
+        ;;
+    6)
+        echo "=== cluster: target 1's load, one imd vs two imd nodes on one Redis"
+        run t6-single imd --clients 100 --senders 10 --messages 2000 --size 64 --window 16 --bench-timeout 60
+        rport=$(free_port)
+        redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+        pids+=("$!")
+        for _ in $(seq 100); do nc -z 127.0.0.1 "$rport" 2>/dev/null && break; sleep 0.05; done
+        p1=$(free_port)
+        "$BIN/imd" --port "$p1" --idle-timeout 0 --redis "redis://127.0.0.1:$rport" >/dev/null 2>"$OUT/node1.log" &
+        pids+=("$!")
+        p2=$(free_port)
+        "$BIN/imd" --port "$p2" --idle-timeout 0 --redis "redis://127.0.0.1:$rport" >/dev/null 2>"$OUT/node2.log" &
+        pids+=("$!")
+        for p in "$p1" "$p2"; do
+            for _ in $(seq 100); do nc -z 127.0.0.1 "$p" 2>/dev/null && break; sleep 0.05; done
+        done
+        echo "--- two nodes: imc bench --second-port (odd clients on node 2)"
+        "$BIN/imc" --port "$p1" bench --clients 100 --senders 10 --messages 2000 --size 64 --window 16 --second-port "$p2" --bench-timeout 60 --json >"$OUT/t6-cluster.json" || true
+        summarize "$OUT/t6-cluster.json"
         ;;
     esac
 done

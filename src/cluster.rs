@@ -98,6 +98,8 @@ pub struct Cluster {
     /// False while Redis is unreachable; cluster messages are then dropped
     /// (local chat goes on) and users have been told.
     healthy: AtomicBool,
+    /// The subscription made at start, for the subscriber task.
+    initial: std::sync::Mutex<Option<redis::aio::PubSub>>,
     /// Ends the background tasks.
     stop: CancellationToken,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -185,13 +187,15 @@ impl Cluster {
             out,
             out_rx: std::sync::Mutex::new(Some(out_rx)),
             healthy: AtomicBool::new(false),
+            initial: std::sync::Mutex::new(None),
             stop: CancellationToken::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
-        cluster
-            .register()
-            .await
-            .map_err(|e| ClusterError::Unreachable(cluster.config.url.clone(), e))?;
+        let unreachable = |e| ClusterError::Unreachable(cluster.config.url.clone(), e);
+        cluster.register().await.map_err(unreachable)?;
+        let ps = cluster.subscribe().await.map_err(unreachable)?;
+        *cluster.initial.lock().unwrap_or_else(|e| e.into_inner()) = Some(ps);
+        cluster.healthy.store(true, Ordering::Release);
         tracing::info!(
             node = cluster.node,
             url = cluster.config.url,
@@ -391,6 +395,15 @@ impl Cluster {
         matches!(rx.await, Ok(Some(n)) if n > 0)
     }
 
+    /// A pub/sub connection subscribed to the broadcast channel and this
+    /// node's own channel.
+    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let mut ps = self.client.get_async_pubsub().await?;
+        ps.subscribe(ALL).await?;
+        ps.subscribe(node_channel(&self.node)).await?;
+        Ok(ps)
+    }
+
     /// Publishes queued lines in order, many per round trip.
     async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<Outgoing>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(PIPELINE);
@@ -444,33 +457,39 @@ impl Cluster {
     /// with backoff when Redis goes away, then repairs presence.
     async fn subscriber(self: Arc<Self>, shared: Arc<Shared>, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        // The first subscription was made by `connect`, before this node
+        // took any user, so nothing published meanwhile was missed.
+        let mut initial = self
+            .initial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let mut first = true;
         loop {
-            let pubsub = async {
-                let mut ps = self.client.get_async_pubsub().await?;
-                ps.subscribe(ALL).await?;
-                ps.subscribe(node_channel(&self.node)).await?;
-                redis::RedisResult::Ok(ps)
-            };
-            let ps = tokio::select! {
-                _ = stop.cancelled() => return,
-                ps = pubsub => ps,
+            let ps = match initial.take() {
+                Some(ps) => Ok(ps),
+                None => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        ps = self.subscribe() => ps,
+                    }
+                }
             };
             match ps {
                 Ok(ps) => {
                     backoff = Duration::from_millis(100);
-                    if let Err(e) = self.repair(&shared).await {
+                    if first {
+                        first = false;
+                    } else if let Err(e) = self.repair(&shared).await {
                         // The command connection is still reconnecting.
                         tracing::warn!("redis: repair failed: {e}; retrying in {backoff:?}");
                         tokio::time::sleep(backoff).await;
                         continue;
                     }
-                    self.healthy.store(true, Ordering::Release);
-                    if !first {
+                    if !self.healthy.swap(true, Ordering::AcqRel) {
                         tracing::info!("redis: reconnected; cluster messages resumed");
                         local_notice(&shared, "cluster messages resumed");
                     }
-                    first = false;
                     let mut messages = ps.into_on_message();
                     loop {
                         let msg = tokio::select! {

@@ -177,7 +177,8 @@ impl Outbox {
     /// waited for: one whose last write completed more than `stall` ago is
     /// frozen, not slow, and holds nobody up; its queue fills to the limit
     /// and it is cut off then. So a frozen client costs senders one wait of
-    /// `stall` at most.
+    /// at most `stall` after its last progress (often none: by the time its
+    /// queue is half full it has usually been stuck that long already).
     pub async fn relieve(&self, stall: Duration) {
         let st = &self.state;
         loop {
@@ -187,12 +188,14 @@ impl Outbox {
             if st.closed.load(Ordering::Acquire) || !self.congested() {
                 return;
             }
-            let last = st.last_progress_ms.load(Ordering::Acquire);
-            let now = st.born.elapsed().as_millis() as u64;
-            if now.saturating_sub(last) > stall.as_millis() as u64 {
+            // Wait until `stall` after the last progress, not `stall` from
+            // now: a reader that froze a while ago costs less than `stall`.
+            let last = Duration::from_millis(st.last_progress_ms.load(Ordering::Acquire));
+            let deadline = st.born + last + stall;
+            if deadline <= Instant::now() {
                 return;
             }
-            if tokio::time::timeout(stall, progress).await.is_err() {
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
                 return;
             }
         }
@@ -220,9 +223,16 @@ impl Drain {
                 if finished {
                     break;
                 }
-                // An idle connection keeps no buffers.
+                // An idle connection keeps no buffers: neither ours nor the
+                // (drained) deque the swap just left in the shared queue.
                 buf = Vec::new();
                 batch = VecDeque::new();
+                {
+                    let mut lines = st.lock();
+                    if lines.queue.is_empty() {
+                        lines.queue = VecDeque::new();
+                    }
+                }
                 tokio::select! {
                     biased;
                     _ = cut.cancelled() => return,

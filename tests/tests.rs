@@ -3,6 +3,7 @@
 //! 127.0.0.1:0; see support/ for the harness.
 
 mod bench;
+mod churn;
 mod cluster;
 mod imc;
 mod scenarios;
