@@ -186,11 +186,7 @@ impl Session {
                 let congested = std::mem::take(&mut self.congested);
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => {
-                        self.reply(ServerLine::Bye { reason: "server shutting down".into() });
-                        return (LeaveReason::Quit, false);
-                    }
-                    _ = self.peer.outbox.cut() => return (self.peer.outbox.cut_reason(), true),
+                    end = self.ended(shutdown) => return end,
                     _ = async {
                         for p in &congested {
                             p.outbox.relieve(stall).await;
@@ -206,11 +202,7 @@ impl Session {
             let room = buf.capacity() - buf.len();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    self.reply(ServerLine::Bye { reason: "server shutting down".into() });
-                    return (LeaveReason::Quit, false);
-                }
-                _ = self.peer.outbox.cut() => return (self.peer.outbox.cut_reason(), true),
+                end = self.ended(shutdown) => return end,
                 _ = &mut idle_sleep, if idle.is_some() => {
                     let secs = idle.unwrap_or(far).as_secs();
                     self.reply(ServerLine::Bye {
@@ -241,6 +233,20 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Resolves when the connection must end for a reason other than its
+    /// own input: the server is shutting down (the user is told why) or its
+    /// outbox was cut. Same result shape as [`Session::read_loop`].
+    async fn ended(&self, shutdown: &CancellationToken) -> (LeaveReason, bool) {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                self.reply(ServerLine::Bye { reason: "server shutting down".into() });
+                (LeaveReason::Quit, false)
+            }
+            _ = self.peer.outbox.cut() => (self.peer.outbox.cut_reason(), true),
         }
     }
 
