@@ -58,6 +58,8 @@ print(f"  deliveries/s {d['deliveries_per_sec']:,.0f}  ({d['deliveries']:,} of {
 print(f"  lost {d['lost']}  dup {d['duplicated']}  out-of-order {d['out_of_order']}  corrupted {d['corrupted']}"
       f"  disconnected {d['disconnected']}  frozen cut {d['frozen_disconnected']}/{d['frozen']}"
       f"  joins settled {d['join_settle_secs']:.2f} s  stalled {d['stalled']}")
+if d.get('server_cpu_us_per_delivery') is not None:
+    print(f"  server CPU {d['server_cpu_us_per_delivery']:.3f} us per delivery")
 if d['cross_node_deliveries']:
     print(f"  cross-node deliveries {d['cross_node_deliveries']:,}  p50 {d['cross_node_latency_us_p50']/1000:.2f} ms  p99 {d['cross_node_latency_us_p99']/1000:.2f} ms")
 if d['connections']:

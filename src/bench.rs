@@ -115,6 +115,10 @@ pub struct Report {
     pub server_rss_kib_before: Option<u64>,
     pub server_rss_kib_after: Option<u64>,
     pub server_rss_bytes_per_connection: Option<f64>,
+    /// Server CPU (user + system) during the measured phase, per delivery:
+    /// the server's own cost, apart from the load generator sharing the
+    /// machine.
+    pub server_cpu_us_per_delivery: Option<f64>,
     /// Set when the run hit --bench-timeout before all deliveries.
     pub stalled: bool,
 }
@@ -189,6 +193,17 @@ fn parse_bench(line: &[u8], size: usize) -> Option<Result<(usize, u64, u64), ()>
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
+}
+
+/// CPU time (user + system) the process has used, in seconds, from
+/// /proc/PID/stat (clock ticks of 1/100 s on Linux).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -336,6 +351,7 @@ pub async fn run(addr: &str, args: &BenchArgs) -> std::io::Result<Report> {
     let rss_after = args.server_pid.and_then(rss_kib);
 
     // Measure.
+    let cpu_before = args.server_pid.and_then(cpu_secs);
     // Senders hand their write half back when done: dropping it would
     // close the connection before everything has arrived.
     let sender_writers: Vec<_> = writers.drain(..senders).collect();
@@ -359,6 +375,7 @@ pub async fn run(addr: &str, args: &BenchArgs) -> std::io::Result<Report> {
             shared.done.load(Ordering::Acquire) >= healthy
         })
         .await;
+    let cpu_after = args.server_pid.and_then(cpu_secs);
     let messages_sent = shared.sent.load(Ordering::Acquire);
     let mut done_writers = Vec::new();
     for t in send_tasks {
@@ -468,6 +485,11 @@ pub async fn run(addr: &str, args: &BenchArgs) -> std::io::Result<Report> {
     report.latency_us_p90 = hist.value_at_quantile(0.90);
     report.latency_us_p99 = hist.value_at_quantile(0.99);
     report.latency_us_max = hist.max();
+    if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+        if report.deliveries > 0 {
+            report.server_cpu_us_per_delivery = Some((a - b) * 1e6 / report.deliveries as f64);
+        }
+    }
     report.cross_node_deliveries = cross.len();
     report.cross_node_latency_us_p50 = cross.value_at_quantile(0.50);
     report.cross_node_latency_us_p99 = cross.value_at_quantile(0.99);
@@ -756,6 +778,9 @@ impl Report {
                 "server RSS         {b} KiB before, {a} KiB with everyone connected ({:.0} bytes per connection)",
                 self.server_rss_bytes_per_connection.unwrap_or(0.0)
             );
+        }
+        if let Some(cpu) = self.server_cpu_us_per_delivery {
+            let _ = writeln!(s, "server CPU         {cpu:.3} us per delivery");
         }
         if self.stalled {
             let _ = writeln!(

@@ -305,8 +305,15 @@ pub async fn run(scenario: &Scenario, addr: &str, default_timeout: Duration) -> 
         }
         failure = check_refusals(&mut peers);
     }
-    for (_, mut p) in peers.drain() {
+    // Close every connection and wait (briefly) until the server has closed
+    // its side too: imd drops a user before closing, so the next scenario
+    // run against the same server finds its names free.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for p in peers.values_mut() {
         let _ = p.writer.shutdown().await;
+    }
+    for (_, mut p) in peers.drain() {
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, p.lines.recv()).await {}
     }
     // Let the reader tasks record their last lines.
     tokio::task::yield_now().await;

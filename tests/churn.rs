@@ -4,21 +4,22 @@
 //! or reordered for users who stayed, names unique and `who` agreeing with
 //! every rename the server confirmed.
 //!
-//! The rest of the module checks, end to end, the protocol rules no other
-//! module covers: the presence limit, a reset connection, a last line
-//! without its newline, and backpressure toward a slow reader.
+//! The rest of the module checks, end to end, what no other module covers:
+//! the presence limit, a reset connection, a last line without its newline,
+//! backpressure toward a slow reader, and `imc scenario`'s exit codes.
 //!
 //! Threads, not sleeps: every client is a blocking [`LineClient`] on its own
 //! thread, each step waits for a line the server sent, and every wait is
 //! bounded by [`EXPECT_TIMEOUT`], so a broken server fails the test instead
 //! of hanging it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use imchat::server::Config;
+use predicates::prelude::*;
 use regex::Regex;
 
 use crate::support::{test_config, LineClient, TestServer, EXPECT_TIMEOUT};
@@ -105,7 +106,11 @@ fn churner(srv: &TestServer, j: usize) {
     c.expect(&format!("^ok rename: you are now {name}$"));
     c.send(&format!("hello from {name}"));
     c.expect(&format!("^<{name}> hello from {name}$"));
-    c.quit();
+    // A polite quit: no more sending, then read what is left until the
+    // server closes. (Closing with unread lines makes the kernel reset the
+    // connection, which the others would see as "connection error".)
+    c.stream().shutdown(Shutdown::Write).unwrap();
+    c.expect_closed();
 }
 
 /// Three users chat while 30 others join, rename, speak and quit: `who`
@@ -191,7 +196,7 @@ const POOL: [&str; 4] = ["red", "green", "blue", "gold"];
 /// to its own, so contested names are freed and fought over again. Returns
 /// the name the server last confirmed (its address name if none) and how
 /// many renames succeeded.
-fn stormer(mut c: LineClient, j: usize) -> (String, usize) {
+fn stormer(mut c: LineClient, j: usize) -> (LineClient, String, usize) {
     let mut held = c.name.clone();
     let mut oks = 0;
     for r in 0..STORM_ROUNDS {
@@ -208,7 +213,7 @@ fn stormer(mut c: LineClient, j: usize) -> (String, usize) {
             oks += 1;
         }
     }
-    (held, oks)
+    (c, held, oks)
 }
 
 /// Twelve clients rename at once among four contested names and their own:
@@ -222,7 +227,8 @@ fn rename_storm_leaves_unique_names_that_match_who() {
         .map(|j| srv.raw_client(&format!("storm{j:02}")))
         .collect();
 
-    let finals: Vec<(String, usize)> = std::thread::scope(|s| {
+    // The clients come back from their threads, so they stay online.
+    let finals: Vec<(LineClient, String, usize)> = std::thread::scope(|s| {
         let handles: Vec<_> = stormers
             .into_iter()
             .enumerate()
@@ -255,18 +261,216 @@ fn rename_storm_leaves_unique_names_that_match_who() {
     }
     let unique: BTreeSet<String> = listed.iter().cloned().collect();
     assert_eq!(unique.len(), listed.len(), "duplicate in who: {listed:?}");
-    let mut expected: BTreeSet<String> = finals.iter().map(|(n, _)| n.clone()).collect();
+    let mut expected: BTreeSet<String> = finals.iter().map(|(_, n, _)| n.clone()).collect();
     assert_eq!(
         expected.len(),
         STORMERS,
-        "two clients hold one name: {finals:?}"
+        "two clients hold one name: {:?}",
+        finals.iter().map(|(_, n, _)| n).collect::<Vec<_>>()
     );
     expected.insert("watcher".into());
     assert_eq!(unique, expected, "who vs the last ok rename of each client");
     assert_eq!(room, expected, "who vs the replayed rename notices");
-    let oks: usize = finals.iter().map(|(_, n)| n).sum();
+    let oks: usize = finals.iter().map(|(_, _, n)| n).sum();
     eprintln!(
         "rename storm: {oks} of {} renames succeeded",
         STORMERS * STORM_ROUNDS
     );
+}
+
+/// Sends `who` and returns the names, failing if any line before the reply
+/// matches `forbidden` (so "nothing was announced" is checked without
+/// sleeping: the reply is the fence).
+fn who_without(c: &mut LineClient, forbidden: &str) -> Vec<String> {
+    let bad = Regex::new(forbidden).unwrap();
+    c.send("who");
+    let mut names = Vec::new();
+    loop {
+        let line = any_line(c);
+        assert!(!bad.is_match(&line), "{}: got {line:?}", c.label);
+        if let Some(name) = line.strip_prefix("who ") {
+            names.push(name.to_string());
+        } else if line.starts_with("ok who: ") {
+            return names;
+        }
+    }
+}
+
+/// Above `--presence-limit` users online, joins, renames and leaves are not
+/// announced while `who` stays exact; back at the limit, they are again.
+#[test]
+fn presence_notices_stop_above_the_limit() {
+    let srv = TestServer::with_config(Config {
+        presence_limit: 2,
+        ..test_config()
+    });
+    let mut alice = srv.client("alice");
+    let bob = srv.client("bob"); // 2 online: announced
+    alice.expect(r"^\*\*\* \S+ is now known as bob$");
+    let mut carol = srv.client("carol"); // 3 online: silent
+    carol.send("fence");
+    alice.expect_none_before(r"^\*\*\* ", "^<carol> fence$");
+    assert_eq!(
+        who_without(&mut alice, r"^\*\*\* "),
+        ["alice", "bob", "carol"]
+    );
+    carol.quit(); // leaving a room of 3: silent
+    let deadline = std::time::Instant::now() + EXPECT_TIMEOUT;
+    while who_without(&mut alice, r"^\*\*\* ").len() != 2 {
+        assert!(std::time::Instant::now() < deadline, "carol never left who");
+    }
+    bob.quit(); // leaving a room of 2: announced again
+    alice.expect_none_before("carol", r"^\*\*\* bob is offline \(quit\)$");
+}
+
+/// A client whose connection is reset (RST, not a clean close) leaves, and
+/// the others are told why: "connection error".
+#[test]
+fn reset_connection_is_offline_with_connection_error() {
+    let srv = TestServer::start();
+    let mut alice = srv.client("alice");
+    let rst = srv.client("rst");
+    alice.expect(r"^\*\*\* \S+ is now known as rst$");
+    // Linger 0: closing sends RST instead of FIN.
+    socket2::SockRef::from(rst.stream())
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(rst);
+    alice.expect(r"^\*\*\* rst is offline \(connection error\)$");
+    assert_eq!(alice.who(), ["alice"]);
+}
+
+/// A last line without its newline, sent just before the client closes,
+/// still counts; then the sender is offline (quit).
+#[test]
+fn last_line_without_newline_counts_at_close() {
+    let srv = TestServer::start();
+    let mut alice = srv.client("alice");
+    let mut bob = srv.client("bob");
+    alice.send_raw(b"first\nparting words");
+    alice.stream().shutdown(Shutdown::Write).unwrap();
+    bob.expect_next("^<alice> first$");
+    bob.expect_next("^<alice> parting words$");
+    bob.expect(r"^\*\*\* alice is offline \(quit\)$");
+    let rest = alice.expect_closed();
+    assert!(rest.ends_with("<alice> parting words\n"), "{rest:?}");
+}
+
+/// Lines in the burst of [`slow_reader_is_waited_for_not_cut_off`].
+const BURST_LINES: usize = 2000;
+
+/// Backpressure: a reader that keeps reading, but slower than a sender
+/// floods (a 4 KiB socket buffer, a 64 KiB queue, an 8 MB burst), slows
+/// the sender down instead of being cut off, and gets every line in order.
+#[test]
+fn slow_reader_is_waited_for_not_cut_off() {
+    let srv = TestServer::with_config(Config {
+        queue_bytes: 64 * 1024,
+        // A loaded test machine can deschedule a healthy reader for longer
+        // than the 250 ms production default; this test is about waiting
+        // for a reader that reads, not about that bound.
+        stall_timeout: Duration::from_secs(5),
+        ..test_config()
+    });
+    // The reader: a small receive buffer, so the server's queue toward it
+    // is what absorbs the burst, not the kernel.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&srv.addr().into()).unwrap();
+    let mut slow = LineClient::from_stream(sock.into(), "slow", srv.transcript.clone());
+    slow.send("rename|slow");
+    slow.expect("^ok rename: you are now slow$");
+    let mut flooder = srv.client("flooder");
+    slow.expect(r"^\*\*\* \S+ is now known as flooder$");
+
+    let payload = "p".repeat(4000);
+    let burst: String = (0..BURST_LINES)
+        .map(|i| format!("{i} {payload}\n"))
+        .collect();
+    srv.transcript.record(
+        "flooder",
+        "->",
+        &format!("({BURST_LINES} lines of 4000 bytes, not logged)"),
+    );
+    // Bulk reads bypass the transcript (8 MB of it would bury a failure);
+    // each side checks numbering as it goes and logs a summary.
+    let check = |stream: TcpStream, who: &str| {
+        stream.set_read_timeout(Some(EXPECT_TIMEOUT)).unwrap();
+        let mut lines = BufReader::new(stream).lines();
+        for i in 0..BURST_LINES {
+            let line = match lines.next() {
+                Some(Ok(l)) => l,
+                other => {
+                    let why = format!("({i} lines in order, then {other:?})");
+                    srv.transcript.record(who, "<-", &why);
+                    panic!("{who}: line {i} never came (cut off as too slow?): {other:?}")
+                }
+            };
+            let want = format!("<flooder> {i} ");
+            assert!(
+                line.starts_with(&want),
+                "{who}: expected {want:?}..., got {:.60?}",
+                line
+            );
+        }
+        srv.transcript
+            .record(who, "<-", &format!("({BURST_LINES} lines, in order)"));
+    };
+    std::thread::scope(|s| {
+        let mut writer = flooder.stream().try_clone().unwrap();
+        let burst = &burst;
+        // If the server cuts the flooder off, writing fails; the readers
+        // report that with what they got.
+        s.spawn(move || writer.write_all(burst.as_bytes()));
+        let own = flooder.stream().try_clone().unwrap();
+        s.spawn(move || check(own, "flooder"));
+        check(slow.stream().try_clone().unwrap(), "slow");
+    });
+    // Both are still online: nobody was cut off as too slow.
+    slow.send("still here");
+    flooder.expect(r"^<slow> still here$");
+    assert_eq!(flooder.who(), ["flooder", "slow"]);
+}
+
+/// `imc scenario`, the runner for anyone: exit 0 when every file passes, 1
+/// with the failing step and every transcript when one fails, 2 for a file
+/// it cannot parse.
+#[test]
+fn imc_scenario_exit_codes() {
+    use predicates::str::contains;
+    let srv = TestServer::start();
+    let file = |name: &str, text: &str| {
+        let path = srv.home().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let pass = file(
+        "pass.chat",
+        "a: rename|a1\na <- ^ok rename: you are now a1$\n",
+    );
+    let fail = file("fail.chat", "b: who\nb <-[200ms] ^nobody says this$\n");
+    let bad = file("bad.chat", "b dances\n");
+    srv.imc()
+        .arg("scenario")
+        .arg(&pass)
+        .assert()
+        .success()
+        .stdout(contains("PASS ").and(contains("pass.chat")));
+    srv.imc()
+        .arg("scenario")
+        .args([&pass, &fail])
+        .assert()
+        .code(1)
+        .stdout(
+            contains("FAIL ")
+                .and(contains("fail.chat:2: b <-[200ms] ^nobody says this$"))
+                .and(contains("---- transcript ----"))
+                .and(contains("b <- ok who: ")),
+        );
+    srv.imc()
+        .arg("scenario")
+        .arg(&bad)
+        .assert()
+        .code(2)
+        .stderr(contains("bad.chat:1: "));
 }
