@@ -36,7 +36,8 @@ pub struct Transcript {
 }
 
 impl Transcript {
-    fn new() -> Transcript {
+    /// An empty transcript, for clients made without a [`TestServer`].
+    pub fn new() -> Transcript {
         Transcript {
             start: Instant::now(),
             lines: Arc::new(Mutex::new(Vec::new())),
