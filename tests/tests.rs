@@ -10,3 +10,4 @@ mod scenarios;
 mod server;
 mod support;
 mod timeouts;
+mod tty;

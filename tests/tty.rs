@@ -1,0 +1,103 @@
+//! imc's interactive REPL on a real terminal: rustyline, line editing and
+//! incoming lines printed through its ExternalPrinter. The program runs in
+//! a pseudo-terminal driven by tests/support/pty_drive.py (Python's `pty`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+
+use crate::support::TestServer;
+
+/// A REPL in a pseudo-terminal, and the driver's command channel.
+struct Tty {
+    to: ChildStdin,
+    from: BufReader<ChildStdout>,
+    child: std::process::Child,
+}
+
+impl Tty {
+    fn start(srv: &TestServer, args: &[&str]) -> Tty {
+        let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_drive.py");
+        let mut child = Command::new("python3")
+            .arg(driver)
+            .arg(assert_cmd::cargo::cargo_bin("imc"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", srv.home())
+            .env("IMC_HISTORY", srv.home().join("history"))
+            .env("TERM", "xterm")
+            .env("IMC_IP", srv.addr().ip().to_string())
+            .env("IMC_PORT", srv.port().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the pty driver");
+        Tty {
+            to: child.stdin.take().unwrap(),
+            from: BufReader::new(child.stdout.take().unwrap()),
+            child,
+        }
+    }
+
+    /// Sends one driver command and returns its answer.
+    fn cmd(&mut self, c: &str) -> String {
+        writeln!(self.to, "{c}").unwrap();
+        self.to.flush().unwrap();
+        let mut answer = String::new();
+        self.from.read_line(&mut answer).unwrap();
+        answer.trim_end().to_string()
+    }
+
+    fn expect(&mut self, text: &str) {
+        let a = self.cmd(&format!("expect {text}"));
+        assert_eq!(a, "ok", "terminal never showed {text:?}");
+    }
+
+    fn typed(&mut self, text: &str) {
+        assert_eq!(self.cmd(&format!("type {text}")), "ok");
+    }
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// On a terminal: the menu, public talk, a message from someone else shown
+/// while typing, and history written to IMC_HISTORY on exit.
+#[test]
+fn interactive_repl_on_a_terminal() {
+    let srv = TestServer::start();
+    let mut bob = srv.client("bob");
+    let mut tty = Tty::start(&srv, &["--name", "alice"]);
+    // The prompt shows once rustyline has the terminal in raw mode; keys
+    // typed before that would go to the kernel's line editing instead.
+    tty.expect("menu> ");
+    bob.expect(r"is now known as alice$");
+    tty.typed("1");
+    tty.expect("public> ");
+    tty.typed("hello from a terminal");
+    bob.expect("^<alice> hello from a terminal$");
+    // Arrives while alice's prompt is waiting: printed above it.
+    bob.send("hi alice, from bob");
+    tty.expect("<bob> hi alice, from bob");
+    tty.expect("public> ");
+    tty.typed("exit");
+    tty.expect("menu> ");
+    tty.typed("0");
+    assert_eq!(tty.cmd("wait"), "exit 0");
+    let history = std::fs::read_to_string(srv.home().join("history")).unwrap();
+    assert!(history.contains("hello from a terminal"), "{history:?}");
+}
+
+/// On a terminal, Ctrl-D at the menu exits cleanly (status 0).
+#[test]
+fn ctrl_d_at_the_menu_exits() {
+    let srv = TestServer::start();
+    let mut tty = Tty::start(&srv, &[]);
+    tty.expect("menu> ");
+    assert_eq!(tty.cmd("ctrl-d"), "ok");
+    assert_eq!(tty.cmd("wait"), "exit 0");
+}
