@@ -220,3 +220,22 @@ async fn bench_across_two_nodes_loses_nothing() {
     );
     assert_eq!(r.cross_node_deliveries, 300 * 6, "{}", r.human());
 }
+
+/// A node shut down gracefully (SIGTERM) takes its users out of the
+/// cluster at once: the others see them go offline, and `who` and the
+/// names are updated without waiting for the TTL.
+#[test]
+fn graceful_node_shutdown_tells_the_other_nodes() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis);
+    let mut n2 = TestServer::start_binary(&["--redis", &redis.url(), "--cluster-ttl", "60"]);
+    let mut alice = n1.client("alice");
+    let _bob = n2.client("bob");
+    alice.expect(r"is now known as bob$");
+    assert!(n2.terminate().success());
+    alice.expect(r"^\*\*\* bob is offline \(server shutting down\)$");
+    assert_eq!(alice.who(), vec!["alice"]);
+    let mut again = n1.raw_client("again");
+    again.send("rename|bob");
+    again.expect_next("^ok rename: you are now bob$");
+}
