@@ -310,12 +310,7 @@ impl Cluster {
 
     /// Gives up a claim without touching `who` (a rename that failed).
     pub async fn release(&self, name: &str) {
-        let mut c = self.conn();
-        let r: redis::RedisResult<i64> = redis::Script::new(RELEASE)
-            .key(name_key(name))
-            .arg(&self.node)
-            .invoke_async(&mut c)
-            .await;
+        let r = release_claim(&mut self.conn(), name, &self.node).await;
         if let Err(e) = r {
             tracing::debug!("redis: release {name}: {e}");
         }
@@ -629,11 +624,7 @@ impl Cluster {
                 "node stopped without leaving; removing its users"
             );
             for u in &users {
-                let _: i64 = redis::Script::new(RELEASE)
-                    .key(name_key(u))
-                    .arg(&node)
-                    .invoke_async(&mut c)
-                    .await?;
+                release_claim(&mut c, u, &node).await?;
                 let line = ServerLine::Left {
                     name: u.clone(),
                     reason: "node lost".into(),
@@ -677,11 +668,7 @@ impl Cluster {
     async fn leave_cluster(&self, shared: &Shared) -> redis::RedisResult<()> {
         let mut c = self.conn();
         for n in shared.registry.names() {
-            let _: i64 = redis::Script::new(RELEASE)
-                .key(name_key(&n))
-                .arg(&self.node)
-                .invoke_async(&mut c)
-                .await?;
+            release_claim(&mut c, &n, &self.node).await?;
         }
         redis::pipe()
             .cmd("DEL")
@@ -697,6 +684,20 @@ impl Cluster {
             .query_async::<()>(&mut c)
             .await
     }
+}
+
+/// Frees `name` if `node` still holds it (a later claim by someone else is
+/// left alone).
+async fn release_claim(
+    c: &mut ConnectionManager,
+    name: &str,
+    node: &str,
+) -> redis::RedisResult<i64> {
+    redis::Script::new(RELEASE)
+        .key(name_key(name))
+        .arg(node)
+        .invoke_async(c)
+        .await
 }
 
 /// Tells this node's users something about the cluster.

@@ -9,7 +9,8 @@ use imchat::server::Config;
 
 use crate::support::{test_config, TestServer};
 
-fn tiny() -> BenchArgs {
+/// A run small enough for a debug build on a busy CI machine.
+pub fn tiny() -> BenchArgs {
     BenchArgs {
         clients: 6,
         senders: 3,

@@ -194,18 +194,10 @@ async fn bench_across_two_nodes_loses_nothing() {
     let n1 = node(&redis);
     let n2 = node(&redis);
     let args = imchat::bench::BenchArgs {
-        clients: 6,
         senders: 2,
         messages: 300,
-        size: 64,
-        window: Some(8),
-        rate: None,
-        frozen: 0,
-        connections: 0,
-        server_pid: None,
         second_port: Some(n2.port()),
-        json: false,
-        bench_timeout: 30.0,
+        ..crate::bench::tiny()
     };
     let r = imchat::bench::run(&n1.addr().to_string(), &args)
         .await
