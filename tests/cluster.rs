@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{RedisServer, TestServer};
+use crate::support::{assert_one_rename_winner, RedisServer, TestServer};
 
 /// A node of a cluster on `redis`, with a short presence TTL so a killed
 /// node's users are reaped quickly.
@@ -69,18 +69,7 @@ fn concurrent_renames_on_two_nodes_have_one_winner() {
             .map(|i| n1.raw_client(&format!("a{i}")))
             .chain((0..5).map(|i| n2.raw_client(&format!("b{i}"))))
             .collect();
-        for c in clients.iter_mut() {
-            c.send_raw(format!("rename|{name}\n").as_bytes());
-        }
-        let wins = clients
-            .iter_mut()
-            .map(|c| c.expect("^(ok rename|error name-taken)"))
-            .filter(|l| l.starts_with("ok"))
-            .count();
-        assert_eq!(wins, 1, "round {round}");
-        let names = clients[0].who();
-        assert_eq!(names.iter().filter(|n| **n == name).count(), 1, "{names:?}");
-        assert_eq!(names.len(), 10, "{names:?}");
+        assert_one_rename_winner(&mut clients, &name);
     }
 }
 

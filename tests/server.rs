@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::support::{test_config, TestServer};
+use crate::support::{assert_one_rename_winner, test_config, TestServer};
 use imchat::server::Config;
 
 /// v0.2/v0.4: a public line reaches every online user, the sender included.
@@ -84,18 +84,7 @@ fn concurrent_renames_to_one_name_have_one_winner() {
     for round in 0..5 {
         let name = format!("prize{round}");
         let mut clients: Vec<_> = (0..8).map(|i| srv.raw_client(&format!("c{i}"))).collect();
-        for c in clients.iter_mut() {
-            c.send_raw(format!("rename|{name}\n").as_bytes());
-        }
-        let wins = clients
-            .iter_mut()
-            .map(|c| c.expect("^(ok rename|error name-taken)"))
-            .filter(|l| l.starts_with("ok"))
-            .count();
-        assert_eq!(wins, 1, "round {round}");
-        let names = clients[0].who();
-        assert_eq!(names.iter().filter(|n| **n == name).count(), 1);
-        assert_eq!(names.len(), 8);
+        assert_one_rename_winner(&mut clients, &name);
     }
 }
 

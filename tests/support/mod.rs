@@ -479,6 +479,24 @@ impl LineClient {
     }
 }
 
+/// Has every client ask for `name` at once (all lines written before any
+/// reply is read) and asserts exactly one got it: one `ok rename`, the rest
+/// `error name-taken`, and `who` lists the name once among all clients.
+pub fn assert_one_rename_winner(clients: &mut [LineClient], name: &str) {
+    for c in clients.iter_mut() {
+        c.send_raw(format!("rename|{name}\n").as_bytes());
+    }
+    let wins = clients
+        .iter_mut()
+        .map(|c| c.expect("^(ok rename|error name-taken)"))
+        .filter(|l| l.starts_with("ok"))
+        .count();
+    assert_eq!(wins, 1, "renames to {name} that won");
+    let names = clients[0].who();
+    assert_eq!(names.iter().filter(|n| *n == name).count(), 1, "{names:?}");
+    assert_eq!(names.len(), clients.len(), "{names:?}");
+}
+
 /// A real `redis-server` on a free port, for cluster tests; killed on drop.
 /// Debian's package `redis-server` provides it (the README's test command
 /// installs it).
