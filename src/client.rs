@@ -117,17 +117,6 @@ impl Client {
         self.writer.peer_addr().ok()
     }
 
-    /// Sends one raw line (a `\n` is added). No reply is awaited.
-    pub async fn send_line(&mut self, line: &str) -> Result<(), ClientError> {
-        let mut buf = String::with_capacity(line.len() + 1);
-        buf.push_str(line);
-        buf.push('\n');
-        self.writer
-            .write_all(buf.as_bytes())
-            .await
-            .map_err(|e| ClientError::Lost(e.to_string()))
-    }
-
     async fn send(&mut self, cmd: Command<'_>) -> Result<(), ClientError> {
         self.writer
             .write_all(cmd.encode().as_bytes())

@@ -61,11 +61,6 @@ impl LineCodec {
             scanned: 0,
         }
     }
-
-    /// The maximum line length, in bytes.
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
 }
 
 impl Decoder for LineCodec {
