@@ -274,10 +274,22 @@ impl Cluster {
 
     /// Publishes a line every user on the other nodes should get.
     pub fn publish_line(&self, line: &ServerLine, notice: bool) {
+        if self.is_healthy() {
+            self.publish_wire(&wire(line), notice);
+        }
+    }
+
+    /// [`Cluster::publish_line`] for a line already encoded for local
+    /// delivery, so the broadcast path encodes each message once.
+    pub fn publish_wire(&self, wire: &[u8], notice: bool) {
+        if !self.is_healthy() {
+            return;
+        }
+        let text = wire.strip_suffix(b"\n").unwrap_or(wire);
         let ev = LineEvent {
             node: self.node.clone(),
             notice,
-            line: line.encode().trim_end_matches('\n').to_string(),
+            line: String::from_utf8_lossy(text).into_owned(),
         };
         if let Ok(payload) = serde_json::to_string(&ev) {
             self.enqueue(ALL.to_string(), payload, None);

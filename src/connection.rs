@@ -285,11 +285,12 @@ impl Session {
                     from: self.name.clone(),
                     text: visible(text).into_owned(),
                 };
-                let congested = self.registry().broadcast(wire(&line));
-                self.congested.extend(congested);
+                let bytes = wire(&line);
                 if let Some(c) = &self.shared.cluster {
-                    c.publish_line(&line, false);
+                    c.publish_wire(&bytes, false);
                 }
+                let congested = self.registry().broadcast(bytes);
+                self.congested.extend(congested);
             }
             Command::Who => {
                 let cluster_names = match &self.shared.cluster {
