@@ -3,8 +3,34 @@
 //! Each connection is two tasks. This one reads and frames the client's
 //! lines ([`LineCodec`]) and runs each command against the [`Registry`]; the
 //! writer task ([`crate::outbox::Drain`]) writes whatever is queued for the
-//! user. Reading never waits on writing, so a client that does not read can
-//! only fill its own queue, and is then cut off.
+//! user. Reading never waits on its own writing, so a client that does not
+//! read can only fill its own queue, and is then cut off.
+//!
+//! # Fan-out in batches
+//!
+//! The public lines of one read are broadcast together: consecutive public
+//! lines are encoded into one buffer, which is pushed to each recipient's
+//! queue once, when the read's lines are used up, another kind of command
+//! comes, or the batch reaches [`BATCH_BYTES`]. Each recipient then costs
+//! one queue push, at most one writer wake-up and one system call per
+//! batch, not per line. The batch grows with the load by itself: while the
+//! server keeps up, a read holds one line and it goes out at once; when it
+//! falls behind, lines pile up in the sender's socket and the next read
+//! holds many (NATS flushes its clients once per read buffer for the same
+//! reason). Order is unchanged: a batch is broadcast under one registry
+//! lock, like a single line, and anything else the sender asks for is
+//! handled after its earlier lines went out.
+//!
+//! # Overload
+//!
+//! After a batch, the sender waits for every recipient whose queue is now
+//! over half full and whose reader is still taking data
+//! ([`crate::outbox::Outbox::relieve`]) before reading on. When the server
+//! cannot keep up, its writers fall behind, queues fill, and so publishers
+//! are slowed: their lines wait in their own sockets, and TCP flow control
+//! slows them down. Readers are cut off only when their socket refuses data
+//! (see [`crate::outbox`]). The idle clock does not run while a sender is
+//! held back this way.
 //!
 //! The handler is generic over the read and write halves so it can be driven
 //! by a TCP socket or, in unit tests, by `tokio_test::io` mocks.
@@ -57,6 +83,8 @@ impl Shared {
 const SMALL_READ: usize = 256;
 /// Largest read buffer reservation for a busy client.
 const MAX_READ: usize = 16 * 1024;
+/// A batch of public lines is broadcast once it holds this many bytes.
+const BATCH_BYTES: usize = 16 * 1024;
 
 /// Serves one client until it leaves, is cut off, or the server shuts down.
 /// Everything the connection owns is released when this returns.
@@ -70,7 +98,7 @@ pub async fn serve<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (outbox, drain) = outbox(shared.config.queue_bytes);
+    let (outbox, drain) = outbox(shared.config.queue_bytes, shared.config.stall_timeout);
     let writer = tokio::spawn(drain.run(writer));
     let peer = Arc::new(Peer {
         id: shared.registry.next_id(),
@@ -98,6 +126,7 @@ pub async fn serve<R, W>(
         peer,
         shared: shared.clone(),
         congested: Vec::new(),
+        batch: BytesMut::new(),
     };
     let (reason, notify) = session.read_loop(reader, &shutdown).await;
     let Session { name, peer, .. } = session;
@@ -146,6 +175,8 @@ struct Session {
     /// Before reading on, the session waits for them to drain: backpressure
     /// that slows a flooding sender to its slowest reader's pace.
     congested: Vec<Arc<Peer>>,
+    /// Public lines of this read not yet broadcast, encoded.
+    batch: BytesMut,
 }
 
 impl Session {
@@ -155,6 +186,19 @@ impl Session {
 
     fn reply(&self, line: ServerLine) {
         self.peer.outbox.push(wire(&line));
+    }
+
+    /// Broadcasts the batched public lines, if any, as one buffer.
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let bytes = self.batch.split().freeze();
+        if let Some(c) = &self.shared.cluster {
+            c.publish_wire(&bytes, false);
+        }
+        let congested = self.shared.registry.broadcast(bytes);
+        self.congested.extend(congested);
     }
 
     /// Reads and handles lines until the connection should end. Returns why,
@@ -177,21 +221,27 @@ impl Session {
             while self.congested.is_empty() {
                 match codec.decode(&mut buf) {
                     Ok(Some(frame)) => self.handle(frame).await,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        self.flush();
+                        break;
+                    }
                     Err(e) => return self.flooded(e),
                 }
             }
             if !self.congested.is_empty() {
-                let stall = config.stall_timeout;
                 let congested = std::mem::take(&mut self.congested);
                 tokio::select! {
                     biased;
                     end = self.ended(shutdown) => return end,
                     _ = async {
                         for p in &congested {
-                            p.outbox.relieve(stall).await;
+                            p.outbox.relieve().await;
                         }
                     } => {}
+                }
+                // The server held this user back: that was not idleness.
+                if let Some(idle) = idle {
+                    idle_sleep.as_mut().reset(Instant::now() + idle);
                 }
                 continue;
             }
@@ -219,6 +269,7 @@ impl Session {
                                 Err(e) => return self.flooded(e),
                             }
                         }
+                        self.flush();
                         return (LeaveReason::Quit, true);
                     }
                     Ok(n) => {
@@ -250,7 +301,9 @@ impl Session {
         }
     }
 
-    fn flooded(&self, e: FrameError) -> (LeaveReason, bool) {
+    fn flooded(&mut self, e: FrameError) -> (LeaveReason, bool) {
+        // The complete lines before the flood still count.
+        self.flush();
         match e {
             FrameError::Flood(limit) => {
                 self.reply(ServerLine::Bye {
@@ -278,20 +331,25 @@ impl Session {
         // Invalid UTF-8 is shown as U+FFFD rather than refused: the rest of
         // the line is usually worth reading.
         let line = String::from_utf8_lossy(&bytes);
-        match Command::parse(&line) {
-            Command::Empty => {}
+        let command = Command::parse(&line);
+        match command {
+            Command::Empty => return,
             Command::Say(text) => {
-                let line = ServerLine::Public {
+                ServerLine::Public {
                     from: self.name.clone(),
                     text: visible(text).into_owned(),
-                };
-                let bytes = wire(&line);
-                if let Some(c) = &self.shared.cluster {
-                    c.publish_wire(&bytes, false);
                 }
-                let congested = self.registry().broadcast(bytes);
-                self.congested.extend(congested);
+                .encode_into(&mut self.batch);
+                if self.batch.len() >= BATCH_BYTES {
+                    self.flush();
+                }
+                return;
             }
+            // Anything else comes after this user's earlier lines.
+            _ => self.flush(),
+        }
+        match command {
+            Command::Empty | Command::Say(_) => {}
             Command::Who => {
                 let cluster_names = match &self.shared.cluster {
                     Some(c) => Box::pin(c.who()).await,

@@ -1,18 +1,38 @@
 //! The per-user outbound queue, bounded in bytes.
 //!
-//! The seed pushed every message through unbuffered channels while holding a
-//! global lock, so one client that stopped reading froze everyone. Here every
-//! user has an [`Outbox`]: pushing never blocks, the queue counts the bytes it
-//! holds, and a user whose queue goes over the limit is cut off (its
-//! connection ends and everyone is told it went offline as "too slow"). Until
-//! then every line is kept, so a connected user never silently misses one.
+//! Every user has an [`Outbox`]: pushing never blocks, and the queue counts
+//! the bytes it holds. Every line is kept until it is written, so a connected
+//! user never silently misses one.
+//!
+//! # Who is slow: the reader or the server?
+//!
+//! A queue can grow for two reasons, and they get opposite treatment:
+//!
+//! - **The server is behind** (CPU overload: the writer task has not been
+//!   run yet, or writes as fast as it is scheduled). The reader is healthy.
+//!   Senders whose lines land in a queue over half its limit wait for it
+//!   ([`Outbox::relieve`]) before their next line is read, so overload slows
+//!   the publishers, and the reader is never cut for it.
+//! - **The reader is not taking data**: a write to its socket has been
+//!   waiting on a full socket buffer for longer than `stall` (the writer
+//!   marks the moment a write could not complete, [`Outbox::frozen`]). Then
+//!   nobody waits for it; its queue fills to the limit and it is cut off
+//!   (its connection ends and everyone is told it went offline as "too
+//!   slow").
+//!
+//! The clock therefore only runs while the socket refuses data, never while
+//! the writer waits for a CPU: a subscriber whose socket accepts data as
+//! fast as the server writes is not slow, the server is.
 //!
 //! Lines are [`Bytes`], so one broadcast line is built once and shared by all
 //! its recipients: a push is a reference-count increment, not a copy.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,19 +77,24 @@ struct State {
     queued: AtomicUsize,
     /// The limit on `queued`; see [`crate::server::Config::queue_bytes`].
     limit: usize,
+    /// How long the socket may refuse data before the reader counts as
+    /// frozen; see [`crate::server::Config::stall_timeout`].
+    stall: Duration,
     /// Set once the queue is closed for good (overflow or write error).
     closed: AtomicBool,
     /// Why it was closed, as a [`LeaveReason`] code.
     reason: AtomicU8,
     /// Cancelled when the connection must end because of its outbox.
     cut: CancellationToken,
-    /// Woken after every completed write, for senders waiting on a
+    /// Woken after every completed write, when a write starts waiting on a
+    /// full socket, and when the queue closes: for senders waiting on a
     /// congested queue (see [`Outbox::relieve`]).
     progress: Notify,
-    /// When the queue was created, the clock for `last_progress_ms`.
+    /// When the queue was created, the clock for `blocked_since_ms`.
     born: Instant,
-    /// Milliseconds after `born` when the last write completed.
-    last_progress_ms: AtomicU64,
+    /// 1 + milliseconds after `born` when the pending write first found the
+    /// socket full; 0 while no write is waiting for the socket.
+    blocked_since_ms: AtomicU64,
 }
 
 /// The receiving side, owned by the connection's writer task.
@@ -78,19 +103,21 @@ pub struct Drain {
     state: Arc<State>,
 }
 
-/// Creates a queue holding at most `limit` bytes.
-pub fn outbox(limit: usize) -> (Outbox, Drain) {
+/// Creates a queue holding at most `limit` bytes for a reader that counts
+/// as frozen once its socket has refused data for `stall`.
+pub fn outbox(limit: usize, stall: Duration) -> (Outbox, Drain) {
     let state = Arc::new(State {
         lines: Mutex::new(Lines::default()),
         ready: Notify::new(),
         queued: AtomicUsize::new(0),
         limit,
+        stall,
         closed: AtomicBool::new(false),
         reason: AtomicU8::new(0),
         cut: CancellationToken::new(),
         progress: Notify::new(),
         born: Instant::now(),
-        last_progress_ms: AtomicU64::new(0),
+        blocked_since_ms: AtomicU64::new(0),
     });
     (
         Outbox {
@@ -107,6 +134,15 @@ impl Drop for Outbox {
     }
 }
 
+impl Drop for Drain {
+    /// However the writer ends (finished, cut, write error, or aborted after
+    /// the shutdown grace), nothing will be written any more: close the
+    /// queue, so that pushes stop and a sender waiting for it moves on.
+    fn drop(&mut self) {
+        self.state.close(LeaveReason::Error);
+    }
+}
+
 impl State {
     fn lock(&self) -> std::sync::MutexGuard<'_, Lines> {
         // Every critical section is a single push or swap: nothing can be
@@ -118,21 +154,44 @@ impl State {
         if !self.closed.swap(true, Ordering::AcqRel) {
             self.reason.store(reason as u8, Ordering::Release);
             self.cut.cancel();
+            self.progress.notify_waiters();
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64 + 1
+    }
+
+    /// When the pending write found the socket full, if one is waiting.
+    fn blocked_since(&self) -> Option<Instant> {
+        match self.blocked_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.born + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    /// See [`Outbox::frozen`].
+    fn frozen(&self) -> bool {
+        self.blocked_since()
+            .is_some_and(|t| t.elapsed() >= self.stall)
     }
 }
 
 impl Outbox {
     /// Queues a line. Never blocks. Returns false if the line was not queued
-    /// because the user is being disconnected: either already, or now, because
-    /// this line would take its queue over the limit.
+    /// because the user is being disconnected: either already, or now,
+    /// because this line takes its queue over the limit while the reader is
+    /// [frozen](Outbox::frozen), or over twice the limit whatever the reason
+    /// (a memory bound that senders waiting at half the limit keep a healthy
+    /// reader far from).
     pub fn push(&self, line: Bytes) -> bool {
         let st = &self.state;
         if st.closed.load(Ordering::Acquire) {
             return false;
         }
         let n = line.len();
-        if st.queued.fetch_add(n, Ordering::AcqRel) + n > st.limit {
+        let queued = st.queued.fetch_add(n, Ordering::AcqRel) + n;
+        if queued > st.limit && (queued > st.limit * 2 || st.frozen()) {
             st.close(LeaveReason::TooSlow);
             return false;
         }
@@ -171,15 +230,24 @@ impl Outbox {
         self.queued() > self.state.limit / 2
     }
 
+    /// True when the reader is not taking data: a write to its socket has
+    /// been waiting on a full socket buffer for at least `stall`. A writer
+    /// that is merely behind (not yet scheduled, or writing as fast as it
+    /// runs) is never frozen.
+    pub fn frozen(&self) -> bool {
+        self.state.frozen()
+    }
+
     /// Waits until this queue is back under half its limit, which is how a
-    /// fast sender is slowed to the pace of its slowest reader instead of
-    /// that reader being cut off. Only a reader that is making progress is
-    /// waited for: one whose last write completed more than `stall` ago is
-    /// frozen, not slow, and holds nobody up; its queue fills to the limit
-    /// and it is cut off then. So a frozen client costs senders one wait of
-    /// at most `stall` after its last progress (often none: by the time its
-    /// queue is half full it has usually been stuck that long already).
-    pub async fn relieve(&self, stall: Duration) {
+    /// fast sender is slowed to the pace its readers and the server can
+    /// sustain instead of a reader being cut off. The wait lasts as long as
+    /// the reader keeps taking data; it ends early when the reader is
+    /// [frozen](Outbox::frozen) (it then holds nobody up; its queue fills to
+    /// the limit and it is cut off) or the queue closes. A frozen client
+    /// costs a sender at most one wait of `stall` from the moment its socket
+    /// filled (often none: by the time its queue is half full it has
+    /// usually been stuck that long already).
+    pub async fn relieve(&self) {
         let st = &self.state;
         loop {
             let progress = st.progress.notified();
@@ -188,15 +256,18 @@ impl Outbox {
             if st.closed.load(Ordering::Acquire) || !self.congested() {
                 return;
             }
-            // Wait until `stall` after the last progress, not `stall` from
-            // now: a reader that froze a while ago costs less than `stall`.
-            let last = Duration::from_millis(st.last_progress_ms.load(Ordering::Acquire));
-            let deadline = st.born + last + stall;
-            if deadline <= Instant::now() {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, progress).await.is_err() {
-                return;
+            match st.blocked_since() {
+                // The server is behind, not the reader: wait for the writer.
+                None => progress.await,
+                Some(since) => {
+                    let deadline = since + st.stall;
+                    if deadline <= Instant::now() {
+                        return;
+                    }
+                    if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -247,7 +318,7 @@ impl Drain {
                 let wrote = tokio::select! {
                     biased;
                     _ = cut.cancelled() => return,
-                    r = w.write_all(&buf) => r,
+                    r = write_all_marking(st, &mut w, &buf) => r,
                 };
                 if let Err(e) = wrote {
                     tracing::debug!("write failed: {e}");
@@ -255,8 +326,6 @@ impl Drain {
                     return;
                 }
                 st.queued.fetch_sub(buf.len(), Ordering::AcqRel);
-                let now = st.born.elapsed().as_millis() as u64;
-                st.last_progress_ms.store(now, Ordering::Release);
                 st.progress.notify_waiters();
                 buf.clear();
             }
@@ -266,22 +335,127 @@ impl Drain {
     }
 }
 
+/// Writes all of `buf`, recording in `st` when the socket first refuses
+/// data (so a reader that stops taking data can be told from a writer that
+/// is merely behind) and clearing that once the whole buffer is written.
+async fn write_all_marking<W: AsyncWrite + Unpin>(
+    st: &State,
+    w: &mut W,
+    buf: &[u8],
+) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = poll_fn(|cx| match Pin::new(&mut *w).poll_write(cx, &buf[done..]) {
+            Poll::Pending => {
+                if st.blocked_since_ms.load(Ordering::Acquire) == 0 {
+                    st.blocked_since_ms.store(st.now_ms(), Ordering::Release);
+                    // Waiting senders learn when the stall clock started.
+                    st.progress.notify_waiters();
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        })
+        .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    st.blocked_since_ms.store(0, Ordering::Release);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A reader whose writer is merely behind is not cut at the limit (the
+    /// server, not the reader, is slow); twice the limit is a hard bound.
     #[test]
-    fn over_the_limit_cuts_and_refuses() {
-        let (ob, _drain) = outbox(10);
+    fn over_the_limit_is_kept_unless_far_over() {
+        let (ob, _drain) = outbox(10, Duration::ZERO);
         assert!(ob.push(Bytes::from_static(b"12345\n")));
-        assert!(!ob.push(Bytes::from_static(b"12345\n")));
+        assert!(ob.push(Bytes::from_static(b"12345\n")), "12 of 10: kept");
+        assert!(!ob.frozen());
+        assert!(!ob.push(Bytes::from_static(b"1234567890\n")), "23 of 10");
         assert_eq!(ob.cut_reason(), LeaveReason::TooSlow);
         assert!(!ob.push(Bytes::from_static(b"1\n")));
     }
 
+    /// A writer whose socket is full: after `stall` the reader is frozen,
+    /// and the next line over the limit cuts it.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_socket_freezes_the_reader_and_over_the_limit_cuts() {
+        let (ob, drain) = outbox(100, Duration::from_millis(250));
+        // Nobody reads the other end; it takes 16 bytes.
+        let (w, _unread) = tokio::io::duplex(16);
+        tokio::spawn(drain.run(w));
+        assert!(ob.push(Bytes::from(vec![b'x'; 60])));
+        while ob.state.blocked_since().is_none() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!ob.frozen(), "not before the stall bound");
+        assert!(ob.push(Bytes::from(vec![b'x'; 30])), "under the limit");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(ob.frozen());
+        assert!(
+            !ob.push(Bytes::from(vec![b'x'; 30])),
+            "over the limit, frozen"
+        );
+        assert_eq!(ob.cut_reason(), LeaveReason::TooSlow);
+    }
+
+    /// A sender waits for a congested queue as long as its writer has not
+    /// run (the server is behind), however long that is, and moves on once
+    /// the writer catches up.
+    #[tokio::test(start_paused = true)]
+    async fn relieve_waits_for_a_writer_that_is_behind() {
+        let (ob, drain) = outbox(100, Duration::from_millis(250));
+        assert!(ob.push(Bytes::from(vec![b'x'; 80])));
+        assert!(ob.congested());
+        let waited = tokio::time::timeout(Duration::from_secs(60), ob.relieve()).await;
+        assert!(waited.is_err(), "a writer that has not run is not frozen");
+        tokio::spawn(drain.run(tokio::io::sink()));
+        ob.relieve().await;
+        assert_eq!(ob.queued(), 0);
+    }
+
+    /// A sender stops waiting for a reader whose socket stays full for
+    /// `stall`, and at once when the writer goes away.
+    #[tokio::test(start_paused = true)]
+    async fn relieve_gives_up_on_a_full_socket_and_a_gone_writer() {
+        let (ob, drain) = outbox(100, Duration::from_millis(250));
+        let (w, _unread) = tokio::io::duplex(16);
+        let writer = tokio::spawn(drain.run(w));
+        assert!(ob.push(Bytes::from(vec![b'x'; 80])));
+        let t0 = Instant::now();
+        ob.relieve().await;
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_millis(400), "{waited:?}");
+
+        let (ob, drain) = outbox(100, Duration::from_secs(3600));
+        let (w, _unread) = tokio::io::duplex(16);
+        let writer2 = tokio::spawn(drain.run(w));
+        assert!(ob.push(Bytes::from(vec![b'x'; 80])));
+        let relieve = ob.relieve();
+        tokio::pin!(relieve);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), relieve.as_mut())
+                .await
+                .is_err(),
+            "the socket is full, but not for an hour"
+        );
+        writer2.abort();
+        relieve.await;
+        assert!(!ob.push(Bytes::from_static(b"x\n")), "closed");
+        writer.abort();
+    }
+
     #[tokio::test]
     async fn drain_writes_in_order_then_shuts_down() {
-        let (ob, drain) = outbox(1 << 20);
+        let (ob, drain) = outbox(1 << 20, Duration::ZERO);
         let mock = tokio_test::io::Builder::new().write(b"a\nb\nc\n").build();
         for l in ["a\n", "b\n", "c\n"] {
             assert!(ob.push(Bytes::from(l)));

@@ -237,9 +237,10 @@ impl ServerLine {
         s
     }
 
-    /// Appends the encoded line (with `\n`) to `out`.
-    pub fn encode_into(&self, out: &mut String) {
-        // Writing to a String cannot fail.
+    /// Appends the encoded line (with `\n`) to `out` (a `String`, or a
+    /// `BytesMut` batch of lines).
+    pub fn encode_into<W: std::fmt::Write>(&self, out: &mut W) {
+        // Writing to a String or a BytesMut cannot fail.
         let _ = match self {
             ServerLine::Public { from, text } => writeln!(out, "<{from}> {text}"),
             ServerLine::Private { from, text } => writeln!(out, "*{from}* {text}"),

@@ -30,7 +30,9 @@ struct Args {
     /// Longest line accepted, in bytes; longer lines are refused and skipped.
     #[arg(long, env = "IMD_MAX_LINE", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
     max_line: u32,
-    /// Bytes that may wait for one user before it is disconnected as too slow.
+    /// Bytes that may wait for a user that is not reading before it is
+    /// disconnected as too slow (a reader that is reading may go up to twice
+    /// this while senders are being slowed down).
     #[arg(long, env = "IMD_QUEUE_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
     queue_bytes: u64,
     /// Seconds of silence before a user is disconnected; 0 turns it off.
@@ -43,8 +45,9 @@ struct Args {
     /// users are online (each join told to everyone costs N² lines).
     #[arg(long, env = "IMD_PRESENCE_LIMIT", default_value_t = 1000)]
     presence_limit: u64,
-    /// Milliseconds a reader over half its queue may go without taking
-    /// anything before senders stop waiting for it (backpressure).
+    /// Milliseconds a reader's socket may refuse data (a write waiting on a
+    /// full socket) before it counts as not reading: senders stop waiting
+    /// for it and it is cut off once its queue is full.
     #[arg(long, env = "IMD_STALL_MS", default_value_t = 250)]
     stall_ms: u64,
     /// Join a cluster of imd nodes through this Redis (redis://HOST:PORT).
