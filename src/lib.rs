@@ -15,7 +15,8 @@
 //! - [`server`]: configuration, accept loop, limits, graceful shutdown.
 //! - [`cluster`]: several nodes as one chat over Redis (`imd --redis`).
 //! - [`client`]: an async client API used by every `imc` command.
-//! - [`bench`]: `imc bench`, the fan-out load generator.
+//! - [`bench`]: `imc bench`, the fan-out load generator; [`bench::fanout`]
+//!   is its open-loop pub/sub shape, which also speaks Redis and NATS.
 //! - [`scenario`]: plain-text multi-client scenarios and their runner.
 //! - [`cli`]: `imc`'s commands: one-shot commands and the REPL.
 

@@ -126,7 +126,79 @@ pub enum Cmd {
     },
     /// Measure fan-out: connect clients, have some send, and report
     /// deliveries/s, latency and anything lost (BENCHMARKS.md).
-    Bench(crate::bench::BenchArgs),
+    ///
+    /// Two modes. Closed loop (the default): --clients connect, --senders of
+    /// them send --messages each (with --window, --rate, --frozen,
+    /// --connections, --second-port). Open-loop pub/sub fan-out, chosen by
+    /// --subscribers: --publishers send --rate messages/s each for
+    /// --duration seconds to N subscribers that only read, and the report
+    /// adds delivered %, disconnects, the achieved publish rate and, with
+    /// --server-pid, server CPU per delivery and write system calls per
+    /// delivery (perf stat). Example: `imc bench --subscribers 500 --rate
+    /// 5000 --duration 3 --server-pid PID`. Exit 4 when a run did not
+    /// complete in time.
+    Bench(BenchCmd),
+}
+
+/// `imc bench`'s flags: the closed-loop benchmark's
+/// ([`crate::bench::BenchArgs`]) and, with `--subscribers`, the open-loop
+/// fan-out mode's ([`crate::bench::fanout`]), which shares --rate, --size,
+/// --server-pid and --json.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchCmd {
+    #[command(flatten)]
+    pub closed: crate::bench::BenchArgs,
+    /// Open-loop fan-out mode: this many connections that only read, sent
+    /// to by --publishers at --rate messages/s each (required) for
+    /// --duration seconds. Not with the closed-loop flags.
+    #[arg(
+        long,
+        requires = "rate",
+        conflicts_with_all = ["clients", "senders", "messages", "window", "frozen", "connections", "second_port", "bench_timeout"],
+        help_heading = "Open-loop fan-out (--subscribers)"
+    )]
+    pub subscribers: Option<usize>,
+    /// Fan-out: connections that publish, each at --rate [default: 1].
+    #[arg(
+        long,
+        requires = "subscribers",
+        help_heading = "Open-loop fan-out (--subscribers)"
+    )]
+    pub publishers: Option<usize>,
+    /// Fan-out: seconds of publishing [default: 3].
+    #[arg(
+        long,
+        requires = "subscribers",
+        help_heading = "Open-loop fan-out (--subscribers)"
+    )]
+    pub duration: Option<f64>,
+    /// Fan-out: seconds to wait for stragglers after the last message
+    /// [default: 10].
+    #[arg(
+        long,
+        requires = "subscribers",
+        help_heading = "Open-loop fan-out (--subscribers)"
+    )]
+    pub drain_timeout: Option<f64>,
+}
+
+impl BenchCmd {
+    /// The fan-out run's arguments, when --subscribers chose that mode.
+    pub fn fanout(&self) -> Option<crate::bench::fanout::FanoutArgs> {
+        let subscribers = self.subscribers?;
+        let d = crate::bench::fanout::FanoutArgs::default();
+        Some(crate::bench::fanout::FanoutArgs {
+            publishers: self.publishers.unwrap_or(d.publishers),
+            subscribers,
+            rate: self.closed.rate.unwrap_or(d.rate),
+            duration: self.duration.unwrap_or(d.duration),
+            size: self.closed.size,
+            server_pid: self.closed.server_pid,
+            json: self.closed.json,
+            drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
+            ..d
+        })
+    }
 }
 
 /// Parses a number of seconds (fractions allowed) into a duration.
@@ -238,8 +310,12 @@ async fn scenarios(
 
 /// `imc bench`: runs the benchmark and prints the report; exit 4 if it
 /// hit its time limit before everything arrived.
-async fn bench(args: &Args, opts: &crate::bench::BenchArgs) -> Result<(), CliError> {
+async fn bench(args: &Args, cmd: &BenchCmd) -> Result<(), CliError> {
     let addr = SocketAddr::new(args.ip, args.port).to_string();
+    if let Some(fan) = cmd.fanout() {
+        return bench_fanout(&addr, &fan).await;
+    }
+    let opts = &cmd.closed;
     let report = crate::bench::run(&addr, opts)
         .await
         .map_err(|source| ClientError::Connect {
@@ -256,6 +332,37 @@ async fn bench(args: &Args, opts: &crate::bench::BenchArgs) -> Result<(), CliErr
     }
     if report.stalled {
         return Err(ClientError::Timeout(Duration::from_secs_f64(opts.bench_timeout)).into());
+    }
+    Ok(())
+}
+
+/// `imc bench --subscribers`: the open-loop fan-out run against imd.
+async fn bench_fanout(addr: &str, opts: &crate::bench::fanout::FanoutArgs) -> Result<(), CliError> {
+    use crate::bench::fanout::{self, Proto};
+    let report = match fanout::run(addr, Proto::Imchat, opts).await {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            return Err(CliError::Usage(e.to_string()))
+        }
+        Err(source) => {
+            return Err(ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            }
+            .into())
+        }
+    };
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(io::Error::other)?
+        );
+    } else {
+        print!("{}", report.human());
+    }
+    if report.stalled {
+        let limit = opts.ready_timeout + opts.duration + opts.drain_timeout;
+        return Err(ClientError::Timeout(Duration::from_secs_f64(limit)).into());
     }
     Ok(())
 }

@@ -153,6 +153,14 @@ impl TestServer {
         self.addr.port()
     }
 
+    /// The process ID of a binary server (see [`TestServer::start_binary`]).
+    pub fn pid(&self) -> u32 {
+        match &self.running {
+            Running::Binary(child) => child.id(),
+            Running::InProcess { .. } => panic!("pid() is for start_binary servers"),
+        }
+    }
+
     /// A temporary HOME for `imc` processes of this test.
     pub fn home(&self) -> &std::path::Path {
         self.home.path()
@@ -560,5 +568,61 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A real `nats-server` on a free port, for the fan-out bench's NATS test;
+/// killed on drop. Debian's package `nats-server` provides it (ci/deps.sh
+/// installs it).
+pub struct NatsServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl NatsServer {
+    /// Starts nats-server on a free port and waits until it greets a
+    /// client with its `INFO` line.
+    pub fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Debian puts it in /usr/sbin, which a non-root PATH may lack.
+        let spawn = |program: &str| {
+            std::process::Command::new(program)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        };
+        let child = spawn("nats-server")
+            .or_else(|_| spawn("/usr/sbin/nats-server"))
+            .expect("nats-server must be installed (Debian: apt-get install nats-server)");
+        let server = NatsServer { port, child };
+        let deadline = Instant::now() + EXPECT_TIMEOUT;
+        loop {
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut line = String::new();
+                if BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("INFO ") {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

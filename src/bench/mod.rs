@@ -17,6 +17,12 @@
 //! the last join, tells when join notices have settled (servers deliver
 //! broadcasts in order). A run is bounded by `--timeout`: a stalled server
 //! gives a report that says so.
+//!
+//! [`fanout`] is the other shape: an open-loop publish/subscribe fan-out
+//! (publishers at a fixed rate, many subscribers that only read) that also
+//! speaks Redis pub/sub and NATS, so the same run compares imd with them.
+
+pub mod fanout;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,15 +46,22 @@ pub struct BenchArgs {
     /// Messages each sender sends.
     #[arg(long, default_value_t = 1000)]
     pub messages: u64,
-    /// Bytes per message line (without the newline); at least 48.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(48..=4000))]
+    /// Bytes per message line (without the newline); at least 48. Default
+    /// 64, or 100 with --subscribers.
+    #[arg(
+        long,
+        default_value_t = 64,
+        default_value_if("subscribers", clap::builder::ArgPredicate::IsPresent, "100"),
+        value_parser = clap::value_parser!(u64).range(48..=4000)
+    )]
     pub size: u64,
     /// Closed loop: each sender keeps at most W of its messages unconfirmed
     /// (not yet come back to itself).
     #[arg(long)]
     pub window: Option<u64>,
     /// Open loop: messages per second per sender. Without --window or
-    /// --rate, senders go as fast as the socket takes them.
+    /// --rate, senders go as fast as the socket takes them. With
+    /// --subscribers: messages per second per publisher (required).
     #[arg(long)]
     pub rate: Option<f64>,
     /// Extra clients that connect and never read.
@@ -58,7 +71,8 @@ pub struct BenchArgs {
     /// receive one broadcast.
     #[arg(long, default_value_t = 0)]
     pub connections: usize,
-    /// PID of the server, to report its RSS (from /proc).
+    /// PID of the server, to report its RSS and CPU (from /proc); with
+    /// --subscribers also its write system calls (perf stat).
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Cluster mode: a second node (same IP, this port); odd-numbered
@@ -160,12 +174,12 @@ struct Shared {
     first_send_us: AtomicU64,
 }
 
-fn micros(start: Instant) -> u64 {
+pub(crate) fn micros(start: Instant) -> u64 {
     start.elapsed().as_micros() as u64
 }
 
 /// Builds message `seq` of `sender`, `size` bytes plus `\n`.
-fn bench_line(sender: usize, seq: u64, t: u64, size: usize) -> Vec<u8> {
+pub(crate) fn bench_line(sender: usize, seq: u64, t: u64, size: usize) -> Vec<u8> {
     let mut line = format!("#bench {sender} {seq} {t} ").into_bytes();
     line.resize(size.max(line.len()), b'x');
     line.push(b'\n');
@@ -173,22 +187,47 @@ fn bench_line(sender: usize, seq: u64, t: u64, size: usize) -> Vec<u8> {
 }
 
 /// Parses a bench marker out of a received line; `Err(())` when the marker
-/// is there but damaged.
-fn parse_bench(line: &[u8], size: usize) -> Option<Result<(usize, u64, u64), ()>> {
-    let pos = find(line, b"#bench ")?;
+/// is there but damaged. Byte by byte, without allocating or building a
+/// searcher when the marker is at the first '#': receivers call this for
+/// every delivery, and must stay much cheaper than the server.
+pub(crate) fn parse_bench(line: &[u8], size: usize) -> Option<Result<(usize, u64, u64), ()>> {
+    const MARK: &[u8] = b"#bench ";
+    // Usually the first '#' (imd: `<NAME> #bench`); a full search otherwise.
+    let pos = match memchr::memchr(b'#', line) {
+        Some(p) if line[p..].starts_with(MARK) => p,
+        Some(_) => find(line, MARK)?,
+        None => return None,
+    };
     let body = &line[pos..];
-    let text = std::str::from_utf8(body).ok();
-    let parsed = text.and_then(|t| {
-        let mut it = t.splitn(5, ' ');
-        it.next()?;
-        let s: usize = it.next()?.parse().ok()?;
-        let q: u64 = it.next()?.parse().ok()?;
-        let ts: u64 = it.next()?.parse().ok()?;
-        let pad = it.next().unwrap_or("");
-        let ok = body.len() == size && pad.bytes().all(|b| b == b'x');
-        ok.then_some((s, q, ts))
-    });
+    let mut rest = &body[MARK.len()..];
+    let parsed = (|| {
+        let s = usize::try_from(take_number(&mut rest, false)?).ok()?;
+        let q = take_number(&mut rest, false)?;
+        let ts = take_number(&mut rest, true)?;
+        // Without an early exit, so that it compiles to vector code.
+        let pad_ok = rest.iter().fold(0u8, |acc, &b| acc | (b ^ b'x')) == 0;
+        (body.len() == size && pad_ok).then_some((s, q, ts))
+    })();
     Some(parsed.ok_or(()))
+}
+
+/// Takes a decimal number followed by a space (or, if `last`, by the end)
+/// off the front of `rest`.
+fn take_number(rest: &mut &[u8], last: bool) -> Option<u64> {
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in &rest[..digits] {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    match rest.get(digits) {
+        Some(b' ') => *rest = &rest[digits + 1..],
+        None if last => *rest = &rest[digits..],
+        _ => return None,
+    }
+    Some(n)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -197,7 +236,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// CPU time (user + system) the process has used, in seconds, from
 /// /proc/PID/stat (clock ticks of 1/100 s on Linux).
-fn cpu_secs(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -516,7 +555,11 @@ fn progress_bar(args: &BenchArgs) -> Option<indicatif::ProgressBar> {
 
 /// Waits until `cond` holds, re-checking on each notification and at least
 /// every 50 ms; false if `deadline` passes first.
-async fn wait_until(notify: &Notify, deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_until(
+    notify: &Notify,
+    deadline: Instant,
+    mut cond: impl FnMut() -> bool,
+) -> bool {
     loop {
         if cond() {
             return true;
@@ -807,5 +850,14 @@ mod tests {
         assert_eq!(parse_bench(&prefixed, 64), Some(Ok((3, 42, 1234))));
         assert_eq!(parse_bench(&body[..63], 64), Some(Err(())));
         assert_eq!(parse_bench(b"<alice> hello", 64), None);
+        assert_eq!(parse_bench(b"#bench 1 2 3", 12), Some(Ok((1, 2, 3))));
+        assert_eq!(parse_bench(b"#bench 1 2", 10), Some(Err(())));
+        assert_eq!(parse_bench(b"#bench 1 x 3 xx", 15), Some(Err(())));
+        assert_eq!(parse_bench(b"#bench 1  2 3 xx", 16), Some(Err(())));
+        let mut bad_pad = body.to_vec();
+        bad_pad[60] = b'y';
+        assert_eq!(parse_bench(&bad_pad, 64), Some(Err(())));
+        let huge = b"#bench 1 99999999999999999999999 3 ";
+        assert_eq!(parse_bench(huge, huge.len()), Some(Err(())));
     }
 }
