@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::codec::{Frame, FrameError, LineCodec};
-use crate::outbox::outbox;
+use crate::outbox::{outbox, Budget};
 use crate::protocol::{validate_name, visible, Command, ErrorCode, LeaveReason, ServerLine};
 use crate::registry::{wire, Peer, Registry};
 use crate::server::Config;
@@ -59,6 +59,8 @@ pub struct Shared {
     pub registry: Registry,
     pub config: Config,
     pub cluster: Option<Arc<Cluster>>,
+    /// All users' queued output, bounded by [`Config::max_queued_bytes`].
+    pub budget: Arc<Budget>,
 }
 
 impl Shared {
@@ -71,6 +73,7 @@ impl Shared {
     pub fn with_cluster(config: Config, cluster: Option<Arc<Cluster>>) -> Shared {
         Shared {
             registry: Registry::new(config.presence_limit),
+            budget: Budget::new(config.max_queued_bytes),
             config,
             cluster,
         }
@@ -98,7 +101,11 @@ pub async fn serve<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (outbox, drain) = outbox(shared.config.queue_bytes, shared.config.stall_timeout);
+    let (outbox, drain) = outbox(
+        shared.config.queue_bytes,
+        shared.config.stall_timeout,
+        shared.budget.clone(),
+    );
     let writer = tokio::spawn(drain.run(writer));
     let peer = Arc::new(Peer {
         id: shared.registry.next_id(),
@@ -288,16 +295,31 @@ impl Session {
     }
 
     /// Resolves when the connection must end for a reason other than its
-    /// own input: the server is shutting down (the user is told why) or its
-    /// outbox was cut. Same result shape as [`Session::read_loop`].
+    /// own input: the server is shutting down (the user is told why) or the
+    /// user was cut off for not reading. Same result shape as
+    /// [`Session::read_loop`].
+    ///
+    /// A failed write does not end the session: a client that sends a line
+    /// and closes at once, without reading what it was sent, resets the
+    /// connection, and the next write to it fails while its last lines are
+    /// still waiting in the socket. Those lines count, so reading goes on
+    /// until the read side ends too (at once, after the buffered data, on a
+    /// reset connection).
     async fn ended(&self, shutdown: &CancellationToken) -> (LeaveReason, bool) {
+        let cut = async {
+            self.peer.outbox.cut().await;
+            match self.peer.outbox.cut_reason() {
+                LeaveReason::TooSlow => LeaveReason::TooSlow,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
                 self.reply(ServerLine::Bye { reason: "server shutting down".into() });
                 (LeaveReason::Quit, false)
             }
-            _ = self.peer.outbox.cut() => (self.peer.outbox.cut_reason(), true),
+            reason = cut => (reason, true),
         }
     }
 
@@ -495,6 +517,56 @@ mod tests {
         )
         .await;
         assert!(shared.registry.is_empty(), "user left at EOF");
+    }
+
+    /// Last words: a client whose connection fails for writing (it closed
+    /// without reading, so the welcome could not be written) still has the
+    /// line it sent before closing broadcast.
+    #[tokio::test]
+    async fn lines_sent_before_a_failed_write_still_count() {
+        let shared = shared();
+        let (outbox, drain) = outbox(1 << 20, Duration::from_secs(1), Budget::new(usize::MAX));
+        let (w, mut seen) = tokio::io::duplex(1 << 16);
+        tokio::spawn(drain.run(w));
+        let observer = Arc::new(Peer {
+            id: shared.registry.next_id(),
+            addr: "127.0.0.1:3999".parse().unwrap(),
+            outbox,
+        });
+        shared.registry.join("observer", observer.clone());
+
+        let addr: SocketAddr = "127.0.0.1:4002".parse().unwrap();
+        // The line arrives only after the first write has failed.
+        let reader = tokio_test::io::Builder::new()
+            .wait(Duration::from_millis(50))
+            .read(b"build done\n")
+            .build();
+        let writer = tokio_test::io::Builder::new()
+            .write_error(std::io::ErrorKind::BrokenPipe.into())
+            .build();
+        serve(
+            reader,
+            writer,
+            addr,
+            shared.clone(),
+            CancellationToken::new(),
+        )
+        .await;
+
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        while !got.contains("is offline") {
+            let n = tokio::time::timeout(Duration::from_secs(5), seen.read(&mut buf))
+                .await
+                .expect("observer got the offline notice")
+                .unwrap();
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(got.contains("<127.0.0.1:4002> build done\n"), "{got:?}");
+        assert!(
+            got.contains("*** 127.0.0.1:4002 is offline (quit)\n"),
+            "{got:?}"
+        );
     }
 
     /// At shutdown a connected user is told why before the socket closes,

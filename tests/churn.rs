@@ -340,6 +340,48 @@ fn reset_connection_is_offline_with_connection_error() {
     assert_eq!(alice.who(), ["alice"]);
 }
 
+/// Threads of [`send_and_close_at_once_loses_no_last_words`], and clients
+/// each one runs, one after another.
+const HIT_AND_RUN: (usize, usize) = (20, 10);
+
+/// Clients that connect, send one line and close at once without reading
+/// (`printf 'build done\n' | nc`, a cron job), many at a time: their
+/// connections are reset because they never read the welcome, so writes to
+/// them fail while their line is still in the socket. Every line must
+/// still reach the others (the seed's server delivers them all; imd lost a
+/// few percent before reading went on past a failed write).
+#[test]
+fn send_and_close_at_once_loses_no_last_words() {
+    let srv = TestServer::start();
+    let mut observer = srv.client("observer");
+    let (threads, each) = HIT_AND_RUN;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let addr = srv.addr();
+            s.spawn(move || {
+                for i in 0..each {
+                    let mut c = TcpStream::connect(addr).unwrap();
+                    // Wait until the welcome is there, and leave it unread:
+                    // closing then resets the connection.
+                    c.set_read_timeout(Some(EXPECT_TIMEOUT)).unwrap();
+                    c.peek(&mut [0u8; 1]).unwrap();
+                    c.write_all(format!("last words {t} {i}\n").as_bytes())
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let re = Regex::new(r"^<\S+> last words (\d+) (\d+)$").unwrap();
+    let mut heard = BTreeSet::new();
+    srv.transcript
+        .record("observer", "..", "(waiting for every last line)");
+    while heard.len() < threads * each {
+        let line = observer.expect(r"^<\S+> last words ");
+        let caps = re.captures(&line).expect("well-formed");
+        heard.insert((caps[1].to_string(), caps[2].to_string()));
+    }
+}
+
 /// A last line without its newline, sent just before the client closes,
 /// still counts; then the sender is offline (quit).
 #[test]
