@@ -47,6 +47,47 @@ use crate::protocol::LeaveReason;
 /// system call is what makes fan-out cheap; the cap keeps one write short.
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// What a queued line costs beyond its bytes: its handle in the queue (a
+/// [`Bytes`] is 32 bytes, and the deque keeps spare slots). Charged with
+/// every line so that a queue of short lines is bounded by what it really
+/// takes, not by its text alone (1 MiB of 20-byte lines is 2.6 MiB).
+pub const LINE_COST: usize = 32;
+
+/// All the output queued on one server, bounded in total (see
+/// [`crate::server::Config::max_queued_bytes`]). Every [`Outbox`] charges
+/// its lines here as well as to itself.
+///
+/// While the total is over the limit, a reader that is not taking data
+/// ([`Outbox::frozen`]) is cut at its next line whatever its own queue
+/// holds, and every sender waits for each of its recipients to drain (not
+/// only for those over half their queue). So the total is held near the
+/// limit by cutting only readers that do not read and by slowing senders;
+/// a reader that is reading is never cut for it.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes for all queues together.
+    pub fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes charged by all queues now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.limit
+    }
+}
+
 /// The sending side of a user's queue, shared with the registry. There is
 /// exactly one per queue; dropping it tells the writer to finish.
 #[derive(Debug)]
@@ -65,6 +106,9 @@ struct Lines {
     queue: VecDeque<Bytes>,
     /// The [`Outbox`] is gone: write what is left, then finish.
     finished: bool,
+    /// The [`Drain`] is gone: nothing will be written any more, and nothing
+    /// more may be queued (its charges were returned).
+    gone: bool,
 }
 
 /// What the sending side and the writer task share.
@@ -73,8 +117,11 @@ struct State {
     lines: Mutex<Lines>,
     /// Wakes the writer when lines arrive in an empty queue or it finishes.
     ready: Notify,
-    /// Bytes pushed and not yet written to the socket.
+    /// Bytes pushed and not yet written to the socket, each line charged
+    /// [`LINE_COST`] more than its length.
     queued: AtomicUsize,
+    /// The server-wide total that `queued` is also charged to.
+    budget: Arc<Budget>,
     /// The limit on `queued`; see [`crate::server::Config::queue_bytes`].
     limit: usize,
     /// How long the socket may refuse data before the reader counts as
@@ -103,13 +150,15 @@ pub struct Drain {
     state: Arc<State>,
 }
 
-/// Creates a queue holding at most `limit` bytes for a reader that counts
-/// as frozen once its socket has refused data for `stall`.
-pub fn outbox(limit: usize, stall: Duration) -> (Outbox, Drain) {
+/// Creates a queue holding at most `limit` bytes, charged to `budget` as
+/// well, for a reader that counts as frozen once its socket has refused
+/// data for `stall`.
+pub fn outbox(limit: usize, stall: Duration, budget: Arc<Budget>) -> (Outbox, Drain) {
     let state = Arc::new(State {
         lines: Mutex::new(Lines::default()),
         ready: Notify::new(),
         queued: AtomicUsize::new(0),
+        budget,
         limit,
         stall,
         closed: AtomicBool::new(false),
@@ -139,7 +188,15 @@ impl Drop for Drain {
     /// the shutdown grace), nothing will be written any more: close the
     /// queue, so that pushes stop and a sender waiting for it moves on.
     fn drop(&mut self) {
-        self.state.close(LeaveReason::Error);
+        let st = &self.state;
+        {
+            let mut lines = st.lock();
+            lines.gone = true;
+            lines.queue = VecDeque::new();
+            let left = st.queued.swap(0, Ordering::AcqRel);
+            st.budget.used.fetch_sub(left, Ordering::AcqRel);
+        }
+        st.close(LeaveReason::Error);
     }
 }
 
@@ -184,22 +241,39 @@ impl Outbox {
     /// [frozen](Outbox::frozen), or over twice the limit whatever the reason
     /// (a memory bound that senders waiting at half the limit keep a healthy
     /// reader far from).
+    ///
+    /// While the server's [`Budget`] is exceeded, a frozen reader is cut at
+    /// its next line, whatever its own queue holds.
     pub fn push(&self, line: Bytes) -> bool {
         let st = &self.state;
         if st.closed.load(Ordering::Acquire) {
             return false;
         }
-        let n = line.len();
-        let queued = st.queued.fetch_add(n, Ordering::AcqRel) + n;
-        if queued > st.limit && (queued > st.limit * 2 || st.frozen()) {
+        let cost = line.len() + LINE_COST;
+        let mut lines = st.lock();
+        if lines.gone {
+            return false;
+        }
+        let queued = st.queued.fetch_add(cost, Ordering::AcqRel) + cost;
+        let total = st.budget.used.fetch_add(cost, Ordering::AcqRel) + cost;
+        let over_own = queued > st.limit && (queued > st.limit * 2 || st.frozen());
+        if over_own || (total > st.budget.limit && st.frozen()) {
+            tracing::debug!(
+                queued,
+                total,
+                frozen = st.frozen(),
+                blocked_ms = st.blocked_since().map(|t| t.elapsed().as_millis() as u64),
+                "queue cut"
+            );
+            st.queued.fetch_sub(cost, Ordering::AcqRel);
+            st.budget.used.fetch_sub(cost, Ordering::AcqRel);
+            drop(lines);
             st.close(LeaveReason::TooSlow);
             return false;
         }
-        let was_empty = {
-            let mut lines = st.lock();
-            lines.queue.push_back(line);
-            lines.queue.len() == 1
-        };
+        lines.queue.push_back(line);
+        let was_empty = lines.queue.len() == 1;
+        drop(lines);
         if was_empty {
             st.ready.notify_one();
         }
@@ -224,10 +298,12 @@ impl Outbox {
         self.state.queued.load(Ordering::Acquire)
     }
 
-    /// True when more than half the limit is queued: a sender that just
-    /// added to this queue should wait for it (see [`Outbox::relieve`]).
+    /// True when more than half the limit is queued, or anything at all
+    /// while the server's [`Budget`] is exceeded: a sender that just added
+    /// to this queue should wait for it (see [`Outbox::relieve`]).
     pub fn congested(&self) -> bool {
-        self.queued() > self.state.limit / 2
+        let queued = self.queued();
+        queued > self.state.limit / 2 || (queued > 0 && self.state.budget.over())
     }
 
     /// True when the reader is not taking data: a write to its socket has
@@ -238,7 +314,8 @@ impl Outbox {
         self.state.frozen()
     }
 
-    /// Waits until this queue is back under half its limit, which is how a
+    /// Waits until this queue is no longer [congested](Outbox::congested)
+    /// (under half its limit, and empty while the budget is exceeded), which is how a
     /// fast sender is slowed to the pace its readers and the server can
     /// sustain instead of a reader being cut off. The wait lasts as long as
     /// the reader keeps taking data; it ends early when the reader is
@@ -284,6 +361,8 @@ impl Drain {
         let cut = st.cut.clone();
         let mut batch: VecDeque<Bytes> = VecDeque::new();
         let mut buf: Vec<u8> = Vec::new();
+        // What the lines in `buf` were charged.
+        let mut charged = 0;
         loop {
             let finished = {
                 let mut lines = st.lock();
@@ -312,6 +391,7 @@ impl Drain {
             }
             while let Some(line) = batch.pop_front() {
                 buf.extend_from_slice(&line);
+                charged += line.len() + LINE_COST;
                 if buf.len() < BATCH_BYTES && !batch.is_empty() {
                     continue;
                 }
@@ -325,7 +405,9 @@ impl Drain {
                     st.close(LeaveReason::Error);
                     return;
                 }
-                st.queued.fetch_sub(buf.len(), Ordering::AcqRel);
+                st.queued.fetch_sub(charged, Ordering::AcqRel);
+                st.budget.used.fetch_sub(charged, Ordering::AcqRel);
+                charged = 0;
                 st.progress.notify_waiters();
                 buf.clear();
             }
@@ -374,20 +456,28 @@ mod tests {
     /// server, not the reader, is slow); twice the limit is a hard bound.
     #[test]
     fn over_the_limit_is_kept_unless_far_over() {
-        let (ob, _drain) = outbox(10, Duration::ZERO);
-        assert!(ob.push(Bytes::from_static(b"12345\n")));
-        assert!(ob.push(Bytes::from_static(b"12345\n")), "12 of 10: kept");
+        let budget = Budget::new(usize::MAX);
+        let (ob, _drain) = outbox(100, Duration::ZERO, budget.clone());
+        let line = || Bytes::from(vec![b'x'; 40]);
+        assert!(ob.push(line()));
+        assert_eq!(
+            ob.queued(),
+            40 + LINE_COST,
+            "each line costs its handle too"
+        );
+        assert!(ob.push(line()), "144 of 100: kept");
         assert!(!ob.frozen());
-        assert!(!ob.push(Bytes::from_static(b"1234567890\n")), "23 of 10");
+        assert!(!ob.push(line()), "216 of 100");
         assert_eq!(ob.cut_reason(), LeaveReason::TooSlow);
         assert!(!ob.push(Bytes::from_static(b"1\n")));
+        assert_eq!(budget.used(), 2 * (40 + LINE_COST));
     }
 
     /// A writer whose socket is full: after `stall` the reader is frozen,
     /// and the next line over the limit cuts it.
     #[tokio::test(start_paused = true)]
     async fn a_full_socket_freezes_the_reader_and_over_the_limit_cuts() {
-        let (ob, drain) = outbox(100, Duration::from_millis(250));
+        let (ob, drain) = outbox(200, Duration::from_millis(250), Budget::new(usize::MAX));
         // Nobody reads the other end; it takes 16 bytes.
         let (w, _unread) = tokio::io::duplex(16);
         tokio::spawn(drain.run(w));
@@ -411,7 +501,7 @@ mod tests {
     /// the writer catches up.
     #[tokio::test(start_paused = true)]
     async fn relieve_waits_for_a_writer_that_is_behind() {
-        let (ob, drain) = outbox(100, Duration::from_millis(250));
+        let (ob, drain) = outbox(100, Duration::from_millis(250), Budget::new(usize::MAX));
         assert!(ob.push(Bytes::from(vec![b'x'; 80])));
         assert!(ob.congested());
         let waited = tokio::time::timeout(Duration::from_secs(60), ob.relieve()).await;
@@ -425,7 +515,7 @@ mod tests {
     /// `stall`, and at once when the writer goes away.
     #[tokio::test(start_paused = true)]
     async fn relieve_gives_up_on_a_full_socket_and_a_gone_writer() {
-        let (ob, drain) = outbox(100, Duration::from_millis(250));
+        let (ob, drain) = outbox(100, Duration::from_millis(250), Budget::new(usize::MAX));
         let (w, _unread) = tokio::io::duplex(16);
         let writer = tokio::spawn(drain.run(w));
         assert!(ob.push(Bytes::from(vec![b'x'; 80])));
@@ -435,7 +525,7 @@ mod tests {
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
         assert!(waited < Duration::from_millis(400), "{waited:?}");
 
-        let (ob, drain) = outbox(100, Duration::from_secs(3600));
+        let (ob, drain) = outbox(100, Duration::from_secs(3600), Budget::new(usize::MAX));
         let (w, _unread) = tokio::io::duplex(16);
         let writer2 = tokio::spawn(drain.run(w));
         assert!(ob.push(Bytes::from(vec![b'x'; 80])));
@@ -453,9 +543,57 @@ mod tests {
         writer.abort();
     }
 
+    /// The server-wide budget: once exceeded, a frozen reader is cut at its
+    /// next line even under its own limit, a reader that is merely behind
+    /// is kept (its senders wait for it to drain), and every byte charged
+    /// is returned when lines are written or a queue goes away.
+    #[tokio::test(start_paused = true)]
+    async fn over_the_budget_cuts_frozen_readers_only() {
+        let budget = Budget::new(650);
+        let stall = Duration::from_millis(250);
+        let (frozen, drain) = outbox(1 << 20, stall, budget.clone());
+        let (w, _unread) = tokio::io::duplex(16);
+        let frozen_writer = tokio::spawn(drain.run(w));
+        let (behind, behind_drain) = outbox(1 << 20, stall, budget.clone());
+        let line = || Bytes::from(vec![b'x'; 68]); // 100 with its cost
+        assert!(frozen.push(line()));
+        while frozen.state.blocked_since().is_none() {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(stall).await;
+        assert!(frozen.frozen());
+        for _ in 0..3 {
+            assert!(behind.push(line()));
+        }
+        assert!(
+            frozen.push(line()) && frozen.push(line()),
+            "within the budget"
+        );
+        assert_eq!(budget.used(), 600);
+        assert!(
+            !behind.congested(),
+            "within the budget, far under its limit"
+        );
+        assert!(
+            behind.push(line()),
+            "behind, not frozen: kept over the budget"
+        );
+        assert_eq!(budget.used(), 700);
+        assert!(behind.congested(), "over the budget: wait for any queue");
+        assert!(!frozen.push(line()), "frozen and over the budget: cut");
+        assert_eq!(frozen.cut_reason(), LeaveReason::TooSlow);
+        assert_eq!(budget.used(), 700);
+        frozen_writer.await.unwrap();
+        assert_eq!(budget.used(), 400, "the cut queue's charges came back");
+        let behind_writer = tokio::spawn(behind_drain.run(tokio::io::sink()));
+        drop(behind);
+        behind_writer.await.unwrap();
+        assert_eq!(budget.used(), 0, "written lines gave their charges back");
+    }
+
     #[tokio::test]
     async fn drain_writes_in_order_then_shuts_down() {
-        let (ob, drain) = outbox(1 << 20, Duration::ZERO);
+        let (ob, drain) = outbox(1 << 20, Duration::ZERO, Budget::new(usize::MAX));
         let mock = tokio_test::io::Builder::new().write(b"a\nb\nc\n").build();
         for l in ["a\n", "b\n", "c\n"] {
             assert!(ob.push(Bytes::from(l)));

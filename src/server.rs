@@ -32,6 +32,13 @@ pub struct Config {
     /// enough to ride out a pause of a healthy client, small enough that a
     /// frozen one costs little.
     pub queue_bytes: usize,
+    /// All output queued for all users together, in bytes (each line
+    /// charged its length plus [`crate::outbox::LINE_COST`]). Over it,
+    /// users that are not reading are cut first and senders wait; a user
+    /// that is reading is never cut for it (see [`crate::outbox::Budget`]).
+    /// 512 MiB, Redis's `maxmemory-clients` idea: without it, 10,000 users
+    /// that stop reading could hold 10 GiB.
+    pub max_queued_bytes: usize,
     /// Disconnect users silent for longer than this; `None` turns it off.
     /// 300 s is the tutorial's own next step after v0.7.
     pub idle_timeout: Option<Duration>,
@@ -57,6 +64,7 @@ impl Default for Config {
         Config {
             max_line: 4096,
             queue_bytes: 1024 * 1024,
+            max_queued_bytes: 512 * 1024 * 1024,
             idle_timeout: Some(Duration::from_secs(300)),
             max_connections: 10_000,
             presence_limit: 1000,
