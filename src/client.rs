@@ -4,8 +4,12 @@
 //! and waits for *its* reply: the server answers each command line of one
 //! connection in order, and replies are told apart from other traffic by
 //! their kind (see [`crate::protocol`]). Lines that arrive meanwhile (other
-//! users' messages, presence notices) are kept, in order, for
-//! [`Client::next_event`].
+//! users' messages, presence notices, lines outside the protocol) are kept,
+//! in the order they came, for [`Client::next_event`]: at most
+//! [`MAX_PENDING_EVENTS`], the oldest dropped (and counted) beyond that, and
+//! none at all for a command that never reads them
+//! ([`Client::ignore_events`]), so a long `imc send -` in a busy room holds
+//! no memory for other users' lines.
 //!
 //! A public message has no `ok` line: the confirmation is the message coming
 //! back to its sender as a broadcast, which the server queues for everyone in
@@ -29,6 +33,11 @@ use crate::protocol::{Command, ErrorCode, ServerLine};
 /// up to the server's line limit plus a name and a prefix; 1 MiB leaves room
 /// for any sane server configuration.
 const MAX_SERVER_LINE: usize = 1 << 20;
+
+/// Most events kept while a request waits for its reply. Interactive use
+/// reads events between requests, so this is only reached by a reply that
+/// takes very long in a very busy room.
+pub const MAX_PENDING_EVENTS: usize = 10_000;
 
 /// What can go wrong talking to a server. `imc` maps each to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +65,12 @@ pub struct Client {
     lines: FramedRead<OwnedReadHalf, LineCodec>,
     writer: OwnedWriteHalf,
     name: String,
-    events: VecDeque<ServerLine>,
-    /// Lines that are not in imd's protocol (e.g. from the seed's server),
-    /// kept as raw text events.
-    unparsed: VecDeque<String>,
+    /// Lines received while waiting for replies, in order.
+    events: VecDeque<Event>,
+    /// Most `events` kept (0: none).
+    keep: usize,
+    /// Events dropped because `events` was full.
+    dropped: u64,
 }
 
 /// A line received that is not a reply to one of our requests.
@@ -88,7 +99,8 @@ impl Client {
             writer: w,
             name: String::new(),
             events: VecDeque::new(),
-            unparsed: VecDeque::new(),
+            keep: MAX_PENDING_EVENTS,
+            dropped: 0,
         };
         let welcome = tokio::time::timeout(
             timeout,
@@ -105,6 +117,39 @@ impl Client {
         .map_err(|_| ClientError::Timeout(timeout))??;
         client.name = welcome;
         Ok(client)
+    }
+
+    /// Keep no events from now on: for commands that only send requests
+    /// and never call [`Client::next_event`].
+    pub fn ignore_events(&mut self) {
+        self.keep_at_most(0);
+    }
+
+    /// Keep at most `n` events (the oldest are dropped beyond that).
+    pub fn keep_at_most(&mut self, n: usize) {
+        self.keep = n;
+        while self.events.len() > n {
+            self.events.pop_front();
+            self.dropped += 1;
+        }
+    }
+
+    /// Events dropped so far because more than [`MAX_PENDING_EVENTS`]
+    /// arrived while a request was waiting.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Keeps an event for [`Client::next_event`], within the bound.
+    fn keep_event(&mut self, event: Event) {
+        if self.keep == 0 {
+            return;
+        }
+        if self.events.len() >= self.keep {
+            self.events.pop_front();
+            self.dropped += 1;
+        }
+        self.events.push_back(event);
     }
 
     /// Our current name on the server.
@@ -199,8 +244,7 @@ impl Client {
                 Event::Line(ServerLine::WhoEnd { .. }) => return Ok(names),
                 Event::Line(l @ ServerLine::Error { .. }) => return refused(&l),
                 Event::Line(ServerLine::Bye { reason }) => return Err(ClientError::Lost(reason)),
-                Event::Line(l) => self.events.push_back(l),
-                Event::Raw(r) => self.unparsed.push_back(r),
+                other => self.keep_event(other),
             }
         }
     }
@@ -209,11 +253,8 @@ impl Client {
     /// or a line outside the protocol. `Ok(None)` when the server closed the
     /// connection.
     pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
-        if let Some(l) = self.events.pop_front() {
-            return Ok(Some(Event::Line(l)));
-        }
-        if let Some(r) = self.unparsed.pop_front() {
-            return Ok(Some(Event::Raw(r)));
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
         }
         match self.read_line().await {
             Ok(e) => Ok(Some(e)),
@@ -237,9 +278,9 @@ impl Client {
                     if let ServerLine::Bye { reason } = line {
                         return Err(ClientError::Lost(reason));
                     }
-                    self.events.push_back(line);
+                    self.keep_event(Event::Line(line));
                 }
-                Ok(Event::Raw(raw)) => self.unparsed.push_back(raw),
+                Ok(raw @ Event::Raw(_)) => self.keep_event(raw),
                 Err(ClientError::Lost(r)) if r.is_empty() => {
                     return Err(ClientError::Lost("server closed the connection".into()))
                 }
@@ -303,4 +344,84 @@ fn check_text(text: &str) -> Result<(), ClientError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A server that welcomes, sends protocol and non-protocol lines
+    /// mixed, then answers the first command with an empty `who`.
+    async fn mixed_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let welcome = ServerLine::Welcome { name: "me".into() }.encode();
+            s.write_all(welcome.as_bytes()).await.unwrap();
+            let mut cmd = [0u8; 4];
+            s.read_exact(&mut cmd).await.unwrap();
+            s.write_all(b"raw one\n<bob> two\nraw three\n<bob> four\nok who: 0 online\n")
+                .await
+                .unwrap();
+            let _ = s.read(&mut cmd).await;
+        });
+        addr
+    }
+
+    /// Events that arrive while a request waits come out in the order
+    /// they arrived, protocol lines and raw lines alike.
+    #[tokio::test]
+    async fn events_keep_arrival_order_across_kinds() {
+        let addr = mixed_server().await;
+        let mut c = Client::connect(&addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(c.who().await.unwrap(), Vec::<String>::new());
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(c.next_event().await.unwrap().unwrap());
+        }
+        let bob = |t: &str| {
+            Event::Line(ServerLine::Public {
+                from: "bob".into(),
+                text: t.into(),
+            })
+        };
+        assert_eq!(
+            got,
+            vec![
+                Event::Raw("raw one".into()),
+                bob("two"),
+                Event::Raw("raw three".into()),
+                bob("four"),
+            ]
+        );
+    }
+
+    /// The queue is bounded: the oldest events go first, and are counted;
+    /// a client that ignores events keeps none.
+    #[tokio::test]
+    async fn pending_events_are_bounded() {
+        let addr = mixed_server().await;
+        let mut c = Client::connect(&addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        c.keep_at_most(2);
+        c.who().await.unwrap();
+        assert_eq!(c.dropped_events(), 2);
+        assert_eq!(
+            c.next_event().await.unwrap(),
+            Some(Event::Raw("raw three".into()))
+        );
+
+        let addr = mixed_server().await;
+        let mut c = Client::connect(&addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        c.ignore_events();
+        c.who().await.unwrap();
+        assert!(c.events.is_empty());
+    }
 }

@@ -21,6 +21,8 @@ pub async fn send(args: &Args, to: Option<&str>, message: &[String]) -> Result<(
     let text = message.join(" ");
     within(args.timeout, async {
         let mut client = connect(args).await?;
+        // One-shot commands never read other users' lines: keep none.
+        client.ignore_events();
         deliver(&mut client, to, &text).await?;
         client.close(CLOSE_WAIT).await;
         Ok(())
@@ -33,6 +35,8 @@ pub async fn send(args: &Args, to: Option<&str>, message: &[String]) -> Result<(
 async fn send_stdin(args: &Args, to: Option<&str>) -> Result<(), CliError> {
     // Connect first, so a wrong address fails at once, not after the input.
     let mut client = connect(args).await?;
+    // One-shot commands never read other users' lines: keep none.
+    client.ignore_events();
     let mut lines = input::stdin_lines();
     while let Some(line) = lines.recv().await {
         let line = line?;
@@ -57,6 +61,8 @@ async fn deliver(client: &mut Client, to: Option<&str>, text: &str) -> Result<()
 pub async fn rename(args: &Args, name: &str) -> Result<(), CliError> {
     let new = within(args.timeout, async {
         let mut client = connect(args).await?;
+        // One-shot commands never read other users' lines: keep none.
+        client.ignore_events();
         client.rename(name).await?;
         let new = client.name().to_string();
         client.close(CLOSE_WAIT).await;
@@ -72,6 +78,8 @@ pub async fn rename(args: &Args, name: &str) -> Result<(), CliError> {
 pub async fn who(args: &Args, json: bool) -> Result<(), CliError> {
     let names = within(args.timeout, async {
         let mut client = connect(args).await?;
+        // One-shot commands never read other users' lines: keep none.
+        client.ignore_events();
         let mut names = client.who().await?;
         // Our own connection exists only to ask; it is not "online".
         names.retain(|n| n != client.name());
