@@ -552,8 +552,19 @@ pub async fn run(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Result<Fano
     let hard_stop = shared.start
         + Duration::from_micros(publish_start_us)
         + Duration::from_secs_f64(args.duration + args.drain_timeout.max(0.0));
+    // The probe runs on a thread and runtime of its own, so that what it
+    // measures is the server, not the load generator's own busy runtime.
     let probing = tokio_util::sync::CancellationToken::new();
-    let prober = tokio::spawn(probe_loop(addr.to_string(), proto, probing.clone()));
+    let prober = {
+        let (addr, stop) = (addr.to_string(), probing.clone());
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(probe_loop(addr, proto, stop)))
+                .unwrap_or_default()
+        })
+    };
     let mut pubs = Vec::with_capacity(np);
     for (p, w) in writers.into_iter().enumerate() {
         let plan = Plan {
@@ -586,7 +597,9 @@ pub async fn run(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Result<Fano
         }
     }
     probing.cancel();
-    let probe_times = prober.await.unwrap_or_default();
+    let probe_times = tokio::task::spawn_blocking(move || prober.join().unwrap_or_default())
+        .await
+        .unwrap_or_default();
     report.probes = probe_times.len() as u64;
     let mut answered: Vec<f64> = probe_times.into_iter().flatten().collect();
     report.probes_failed = report.probes - answered.len() as u64;
