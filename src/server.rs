@@ -109,6 +109,7 @@ pub async fn run_with(
         c.start(shared.clone());
     }
     let stop = CancellationToken::new();
+    tokio::spawn(give_back_memory(shared.clone(), stop.clone()));
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF.0;
     tokio::pin!(shutdown);
@@ -159,6 +160,50 @@ pub async fn run_with(
         c.shutdown(&shared).await;
     }
 }
+
+/// Queued output that counts as a storm worth giving memory back after.
+const STORM_BYTES: usize = 32 * 1024 * 1024;
+
+/// Gives memory back to the system after a storm of queued output (many
+/// users not reading): glibc's malloc keeps freed memory for reuse, so a
+/// storm that peaked at 205 MB left 139 MB behind. Every 250 ms this
+/// samples the queued total; once it has been over [`STORM_BYTES`] and has
+/// fallen to a quarter of its peak, `malloc_trim` returns the free pages.
+/// (mimalloc gave memory back by itself but cost 900 bytes more per idle
+/// connection, BENCHMARKS.md target 4.)
+async fn give_back_memory(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut peak = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let used = shared.budget.used();
+        peak = peak.max(used);
+        if peak >= STORM_BYTES && used <= peak / 4 {
+            trim();
+            tracing::info!(
+                peak,
+                used,
+                "gave memory back after a storm of queued output"
+            );
+            peak = used;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only releases free memory at the top of glibc's
+    // heaps and in its free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
 
 /// Tells a connection over the limit why it is refused, then closes it.
 async fn refuse_full(mut stream: TcpStream, max: usize) {

@@ -12,13 +12,6 @@ use imchat::server::{self, Config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-/// mimalloc rather than glibc's malloc: after a storm of queued output
-/// (thousands of users not reading), glibc kept most of the freed memory
-/// (a storm that peaked at 205 MB left 139 MB behind); mimalloc returns it
-/// to the system (BENCHMARKS.md, "Memory").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// imd: a TCP chat server speaking the seed tutorial's line protocol.
 ///
 /// Clients connect with nc, telnet, the seed's client or `imc`. Lines:
