@@ -105,3 +105,61 @@ async fn idle_timeout_off_keeps_silent_users() {
         "ok who: 2 online"
     );
 }
+
+/// The idle clock does not run while the server holds a sender back:
+/// a sender whose lines wait for a reader that is still taking data (here
+/// one that reads nothing for 400 s of virtual time, with a stall bound of
+/// an hour, so it is waited for) is not kicked as idle once it is let go.
+#[tokio::test(start_paused = true)]
+async fn a_sender_held_back_is_not_idle() {
+    let (addr, _stop) = start(Config {
+        idle_timeout: Some(Duration::from_secs(300)),
+        queue_bytes: 64 * 1024,
+        stall_timeout: Duration::from_secs(3600),
+        ..Config::default()
+    })
+    .await;
+    // The reader: a small receive buffer, so its queue fills quickly.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let (r, mut rw) = sock.connect(addr).await.unwrap().into_split();
+    let mut reader = BufReader::new(r).lines();
+    reader.next_line().await.unwrap().unwrap(); // welcome
+    let (mut sender, mut sw) = lines(addr).await;
+    sender.next_line().await.unwrap().unwrap(); // welcome
+                                                // The sender reads everything it is sent, and remembers any bye.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = sender.next_line().await {
+            let _ = seen_tx.send(line);
+        }
+    });
+    const BURST: usize = 2000;
+    let payload = "p".repeat(4000);
+    // The task keeps the write half (in its output) until the test ends.
+    let _burst = tokio::spawn(async move {
+        for i in 0..BURST {
+            sw.write_all(format!("{i} {payload}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        sw
+    });
+    // 400 s pass while the reader reads nothing but keeps talking (so it
+    // is not idle itself); the sender is held back all that time.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        rw.write_all(b"still reading, slowly\n").await.unwrap();
+    }
+    // Now the reader takes everything; the sender's lines all come back
+    // to it, and it is never told it was idle.
+    tokio::spawn(async move { while let Ok(Some(_)) = reader.next_line().await {} });
+    let mut echoed = 0;
+    while echoed < BURST {
+        let line = seen.recv().await.expect("sender still connected");
+        assert!(!line.starts_with("*** bye"), "sender kicked: {line}");
+        if line.contains("> ") && line.ends_with(&"p".repeat(10)) {
+            echoed += 1;
+        }
+    }
+}
