@@ -25,6 +25,9 @@
 #   OUT=bench-results BIN=target/release BUILD=1 (0: do not run cargo build)
 #   BASE_BIN=path/to/an/older/imd   for SERVERS containing imd-before: the
 #       same load against another build, for before/after figures
+#   QUOTA=25   limit the server to this % of one core (a cgroup's CPU quota;
+#       needs a writable cgroup v1 cpu controller or cgroup v2): puts the
+#       server far past its capacity while the load generator keeps up
 #   SEED_BIN=path/to/im-seed-server for SERVERS containing seed (default:
 #       built by ../shared/reference/go-seed/build.sh when Go is there)
 #
@@ -87,6 +90,7 @@ cleanup() {
         kill "$SPID" 2>/dev/null || true
         wait "$SPID" 2>/dev/null || true
     fi
+    if [ -n "${CGROUP:-}" ]; then rmdir "$CGROUP" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -117,6 +121,29 @@ start_server() {
     exit 1
 }
 
+QUOTA=${QUOTA:-}
+CGROUP=
+if [ -n "$QUOTA" ]; then
+    if [ -w /sys/fs/cgroup/cpu ]; then
+        CGROUP=/sys/fs/cgroup/cpu/imchat-bench-$$
+        mkdir -p "$CGROUP"
+        echo 100000 >"$CGROUP/cpu.cfs_period_us"
+        echo $((QUOTA * 1000)) >"$CGROUP/cpu.cfs_quota_us"
+    elif [ -w /sys/fs/cgroup/cgroup.procs ]; then
+        CGROUP=/sys/fs/cgroup/imchat-bench-$$
+        mkdir -p "$CGROUP"
+        echo "$((QUOTA * 1000)) 100000" >"$CGROUP/cpu.max"
+    else
+        echo "QUOTA needs a writable cgroup cpu controller" >&2
+        exit 2
+    fi
+fi
+# Puts the server (all its threads) under the CPU quota, if one is set.
+limit_server() {
+    [ -n "$CGROUP" ] || return 0
+    for t in /proc/"$SPID"/task/*; do echo "${t##*/}" >"$CGROUP/tasks" 2>/dev/null || echo "$SPID" >"$CGROUP/cgroup.procs"; done
+}
+
 stop_server() {
     kill "$SPID" 2>/dev/null || true
     wait "$SPID" 2>/dev/null || true
@@ -131,6 +158,9 @@ echo "- shape: $PUBLISHERS publisher(s), $SUBSCRIBERS subscribers, $SIZE-byte me
 for c in $CONFIGS; do
     echo "- taskset layout ${c}: server on cpu(s) ${c%%:*}, load generator on cpu(s) ${c##*:}"
 done
+if [ -n "$QUOTA" ]; then
+    echo "- server CPU quota: $QUOTA% of one core (cgroup $CGROUP)"
+fi
 changed=$(git diff --name-only HEAD -- src 2>/dev/null | tr '\n' ' ')
 echo "- imd: $(git rev-parse --short HEAD 2>/dev/null || echo '?')${changed:+ (uncommitted changes in: ${changed% })}" \
     "; redis: $([ -n "${server_bin[redis]}" ] && "${server_bin[redis]}" --version | sed -n 's/.*\(v=[^ ]*\).*/\1/p')" \
@@ -152,6 +182,7 @@ for cfg in $CONFIGS; do
                 name="$(printf %03d "$n")-$kind-srv${scpus}-load${lcpus}-r${rate}-${rep}"
                 log=$runs_dir/$name.log
                 start_server "$kind" "$scpus" "$log"
+                limit_server
                 rc=0
                 timeout -k 5 "$bound" taskset -c "$lcpus" "$LOAD" --proto "${proto_of[$kind]}" \
                     --addr "127.0.0.1:$SPORT" --publishers "$PUBLISHERS" \

@@ -1,5 +1,9 @@
 //! The registry of online users: names, their outboxes, and fan-out.
 //!
+//! How a sender's lines are batched before they get here, and how overload
+//! slows senders rather than cutting readers, is in [`crate::connection`]
+//! and [`crate::outbox`].
+//!
 //! One `std::sync::Mutex` guards the name table. It is never held across an
 //! `.await` and never while touching a socket: under it we only look names up
 //! and push shared [`Bytes`] into non-blocking [`Outbox`]es. Holding it for
