@@ -48,7 +48,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::Cluster;
 use crate::codec::{Frame, FrameError, LineCodec};
 use crate::outbox::{outbox, Budget};
-use crate::protocol::{validate_name, visible, Command, ErrorCode, LeaveReason, ServerLine};
+use crate::protocol::{
+    encode_public, validate_name, visible, Command, ErrorCode, LeaveReason, ServerLine,
+};
 use crate::registry::{wire, Peer, Registry};
 use crate::server::Config;
 
@@ -354,24 +356,18 @@ impl Session {
         // the line is usually worth reading.
         let line = String::from_utf8_lossy(&bytes);
         let command = Command::parse(&line);
+        // Anything but a public line comes after this user's earlier ones.
+        if !matches!(command, Command::Say(_) | Command::Empty) {
+            self.flush();
+        }
         match command {
-            Command::Empty => return,
+            Command::Empty => {}
             Command::Say(text) => {
-                ServerLine::Public {
-                    from: self.name.clone(),
-                    text: visible(text).into_owned(),
-                }
-                .encode_into(&mut self.batch);
+                encode_public(&mut self.batch, &self.name, &visible(text));
                 if self.batch.len() >= BATCH_BYTES {
                     self.flush();
                 }
-                return;
             }
-            // Anything else comes after this user's earlier lines.
-            _ => self.flush(),
-        }
-        match command {
-            Command::Empty | Command::Say(_) => {}
             Command::Who => {
                 let cluster_names = match &self.shared.cluster {
                     Some(c) => Box::pin(c.who()).await,

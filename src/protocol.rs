@@ -221,6 +221,14 @@ pub enum ServerLine {
     Cluster { text: String },
 }
 
+/// Appends the public line `<FROM> TEXT` (with `\n`) to `out`, the same
+/// as encoding a [`ServerLine::Public`] but without building one: the
+/// broadcast path encodes every public line this way, with no allocation.
+pub fn encode_public<W: std::fmt::Write>(out: &mut W, from: &str, text: &str) {
+    // Writing to a String or a BytesMut cannot fail.
+    let _ = writeln!(out, "<{from}> {text}");
+}
+
 impl ServerLine {
     /// Shorthand for an error line.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerLine {
@@ -242,7 +250,10 @@ impl ServerLine {
     pub fn encode_into<W: std::fmt::Write>(&self, out: &mut W) {
         // Writing to a String or a BytesMut cannot fail.
         let _ = match self {
-            ServerLine::Public { from, text } => writeln!(out, "<{from}> {text}"),
+            ServerLine::Public { from, text } => {
+                encode_public(out, from, text);
+                Ok(())
+            }
             ServerLine::Private { from, text } => writeln!(out, "*{from}* {text}"),
             ServerLine::Sent { to, text } => writeln!(out, "ok to {to}: {text}"),
             ServerLine::Renamed { name } => writeln!(out, "ok rename: you are now {name}"),
