@@ -315,8 +315,8 @@ async fn each_construct_fails_when_its_expectation_is_wrong() {
         ),
         (
             "sends decodes escapes: ESC arrives as ESC, shown ^[",
-            format!("{welcome}a sends \\x1b\\n\na <-[200ms] \\\\x1b"),
-            "no line matching /\\\\x1b/",
+            format!("{welcome}a sends x\\x1by\\n\na: fence\na !<- ^<\\S+> x\\^\\[y$ until fence$"),
+            "a received \"<",
         ),
     ];
     for (what, text, why) in cases {
