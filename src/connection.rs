@@ -272,7 +272,10 @@ impl Session {
                     Err(e) => return self.flooded(e),
                 }
             }
-            if !self.congested.is_empty() {
+            // Redis behind on this node's publishes holds senders back the
+            // same way as a slow reader does.
+            let cluster = shared.cluster.as_ref().filter(|c| c.congested());
+            if !self.congested.is_empty() || cluster.is_some() {
                 let congested = std::mem::take(&mut self.congested);
                 tokio::select! {
                     biased;
@@ -280,6 +283,9 @@ impl Session {
                     _ = async {
                         for p in &congested {
                             p.outbox.relieve().await;
+                        }
+                        if let Some(c) = cluster {
+                            c.relieve().await;
                         }
                     } => {}
                 }
