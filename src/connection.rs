@@ -606,6 +606,105 @@ mod tests {
         );
     }
 
+    /// Reads `r` until the next line from 127.0.0.1:4000, which must be
+    /// `want`.
+    async fn expect_from_4000(r: &mut tokio::io::BufReader<tokio::io::DuplexStream>, want: &str) {
+        use tokio::io::AsyncBufReadExt;
+        let mut got = String::new();
+        loop {
+            got.clear();
+            r.read_line(&mut got).await.unwrap();
+            if got.starts_with("<127.0.0.1:4000>") {
+                assert_eq!(got, want, "lost or reordered");
+                return;
+            }
+        }
+    }
+
+    /// The memory storm, small: users that never read, one that reads,
+    /// and a sender of short lines. All queued output stays within
+    /// `max_queued_bytes` (plus one line per recipient, charged before the
+    /// check), the non-readers are cut, the reader gets every line in
+    /// order, and every charge comes back once all have left.
+    #[tokio::test]
+    async fn a_storm_of_non_readers_stays_within_the_budget() {
+        use tokio::io::{AsyncWriteExt, BufReader};
+        const FROZEN: usize = 20;
+        const LINES: usize = 1500;
+        let limit = 64 * 1024;
+        let shared = Arc::new(Shared::new(Config {
+            max_queued_bytes: limit,
+            stall_timeout: Duration::from_millis(20),
+            ..Config::default()
+        }));
+        let mut servers = Vec::new();
+        let mut user = |port: u16, buffer: usize| {
+            let (to_server, from_client) = tokio::io::duplex(4096);
+            let (to_client, from_server) = tokio::io::duplex(buffer);
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            servers.push(tokio::spawn(serve(
+                from_client,
+                to_client,
+                addr,
+                shared.clone(),
+                CancellationToken::new(),
+            )));
+            (to_server, BufReader::new(from_server))
+        };
+        // Non-readers: a small pipe that nobody reads, kept open.
+        let frozen: Vec<_> = (0..FROZEN).map(|i| user(5000 + i as u16, 256)).collect();
+        let (mut sender, mut echo) = user(4000, 1 << 16);
+        let (reader_in, mut reader) = user(4001, 1 << 16);
+        let line = |i: usize| format!("{i:06} {}", "x".repeat(40));
+        while shared.registry.len() < FROZEN + 2 {
+            tokio::task::yield_now().await; // every session has joined
+        }
+        let per_line = (FROZEN + 2) * (line(0).len() + 20 + crate::outbox::LINE_COST);
+        let mut peak = 0;
+        for i in 0..LINES {
+            sender
+                .write_all(format!("{}\n", line(i)).as_bytes())
+                .await
+                .unwrap();
+            let want = format!("<127.0.0.1:4000> {}\n", line(i));
+            // The sender's own line back: queued for everyone by now.
+            tokio::time::timeout(Duration::from_secs(10), expect_from_4000(&mut echo, &want))
+                .await
+                .expect("the sender's line came back");
+            peak = peak.max(shared.budget.used());
+            assert!(
+                shared.budget.used() <= limit + per_line,
+                "line {i}: {} bytes queued, budget {limit}",
+                shared.budget.used()
+            );
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                expect_from_4000(&mut reader, &want),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the reader got line {i} ({} online)", shared.registry.len())
+            });
+        }
+        assert_eq!(
+            shared.registry.len(),
+            2,
+            "every non-reader was cut, the sender and reader were not"
+        );
+        assert!(
+            peak > limit / 2,
+            "the storm filled the budget (peak {peak})"
+        );
+        drop((sender, echo, reader_in, reader, frozen));
+        for s in servers {
+            tokio::time::timeout(Duration::from_secs(10), s)
+                .await
+                .expect("session ended")
+                .unwrap();
+        }
+        assert_eq!(shared.budget.used(), 0, "every charge came back");
+    }
+
     /// At shutdown a connected user is told why before the socket closes,
     /// and no offline notice goes out.
     #[tokio::test]

@@ -185,7 +185,9 @@ async fn give_back_memory(shared: Arc<Shared>, stop: CancellationToken) {
         let used = shared.budget.used();
         peak = peak.max(used);
         if peak >= STORM_BYTES && used <= peak / 4 {
-            trim();
+            // Trimming a large heap walks it all: off the async workers,
+            // so that clients are not kept waiting meanwhile.
+            let _ = tokio::task::spawn_blocking(trim).await;
             tracing::info!(
                 peak,
                 used,
