@@ -6,12 +6,13 @@
 
 use std::io::{BufRead, ErrorKind, Read};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use imchat::net::KEEPALIVE;
 use imchat::server::Config;
 
+use crate::imc::imc_background;
 use crate::support::sockets::{open_fds, tcp_socket, wait_for_socket};
 use crate::support::{test_config, TestServer, EXPECT_TIMEOUT};
 
@@ -124,12 +125,7 @@ fn both_ends_probe_an_idle_connection() {
     let mut alice = srv.client("alice");
     let alice_port = alice.stream().local_addr().unwrap().port();
 
-    let mut listen = Command::new(assert_cmd::cargo::cargo_bin("imc"))
-        .env_clear()
-        .env("HOME", srv.home())
-        .env("NO_COLOR", "1")
-        .env("IMC_IP", srv.addr().ip().to_string())
-        .env("IMC_PORT", srv.port().to_string())
+    let mut listen = imc_background(&srv)
         .args(["--name", "ear", "listen"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -159,4 +155,61 @@ fn both_ends_probe_an_idle_connection() {
         "imc's socket has no keepalive timer: {:?}",
         ear_port.and_then(|p| tcp_socket(p, srv.port()))
     );
+}
+
+/// `imc listen` reads only as fast as it can print: with its stdout a pipe
+/// nobody reads, it stops taking data, so the server cuts it as too slow
+/// (rather than imc buffering everything in memory), and what it printed
+/// before is every line in order, with no gap.
+#[test]
+fn listen_into_a_blocked_pipe_stops_reading() {
+    let srv = TestServer::with_config(Config {
+        queue_bytes: 64 * 1024,
+        stall_timeout: Duration::from_millis(100),
+        ..test_config()
+    });
+    let mut alice = srv.client("alice");
+    let mut listen = imc_background(&srv)
+        .args(["--name", "ear", "listen"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("imc starts");
+    alice.expect(r"^\*\*\* .* is now known as ear$");
+    let pad = "x".repeat(4000);
+    let mut sent = 0;
+    loop {
+        alice.send(&format!("{sent:06} {pad}"));
+        let got = alice.expect(r"^(<alice> \d+ x+|\*\*\* ear is offline \(too slow\))$");
+        if got.starts_with("***") {
+            break;
+        }
+        sent += 1;
+        // 20 MB: more than the pipe, imc's buffers, both sockets' kernel
+        // buffers and the server's queue hold together (about 10 MB).
+        assert!(sent < 5_000, "imc listen kept reading into a blocked pipe");
+    }
+    eprintln!("imc listen cut after {sent} lines");
+    let mut out = String::new();
+    listen
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = listen.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "connection lost: exit 3");
+    let got: Vec<&str> = out.lines().filter(|l| l.starts_with("<alice> ")).collect();
+    assert!(
+        !got.is_empty() && got.len() < sent,
+        "printed {} of {sent}",
+        got.len()
+    );
+    for (i, line) in got.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("<alice> {i:06} ")),
+            "line {i} is {:?}",
+            &line[..line.len().min(20)]
+        );
+    }
 }
