@@ -14,7 +14,7 @@ use imchat::server::Config;
 
 use crate::imc::imc_background;
 use crate::support::sockets::{open_fds, tcp_socket, wait_for_socket};
-use crate::support::{test_config, TestServer, EXPECT_TIMEOUT};
+use crate::support::{test_config, LineClient, TestServer, EXPECT_TIMEOUT};
 
 /// A flood of connections past the limit, each kept open by its client and
 /// never read from: every one is told `server-full` and closed by the
@@ -74,25 +74,11 @@ fn refused_connections_hold_no_descriptor() {
 /// minutes, and the cut user's socket reports the reset.
 #[test]
 fn a_user_cut_for_not_reading_is_reset_and_its_buffers_freed() {
-    let srv = TestServer::with_config(Config {
-        queue_bytes: 64 * 1024,
-        stall_timeout: Duration::from_millis(100),
-        ..test_config()
-    });
+    let srv = quick_cut_server();
     let mut alice = srv.client("alice");
     let frozen = srv.frozen_client("frozen");
     let frozen_port = frozen.stream().local_addr().unwrap().port();
-    let line = "x".repeat(3000);
-    let mut sent = 0;
-    loop {
-        alice.send(&line);
-        let got = alice.expect(r"^(<alice> x+|\*\*\* frozen is offline \(too slow\))$");
-        if got.starts_with("***") {
-            break;
-        }
-        sent += 1;
-        assert!(sent < 10_000, "frozen client never cut");
-    }
+    send_until_cut(&mut alice, "frozen", 10_000);
     // The server's end of the frozen connection is gone: not lingering in
     // FIN-WAIT with its unsent bytes.
     let gone = wait_for_socket(srv.port(), frozen_port, EXPECT_TIMEOUT, |e| e.is_none());
@@ -163,11 +149,7 @@ fn both_ends_probe_an_idle_connection() {
 /// before is every line in order, with no gap.
 #[test]
 fn listen_into_a_blocked_pipe_stops_reading() {
-    let srv = TestServer::with_config(Config {
-        queue_bytes: 64 * 1024,
-        stall_timeout: Duration::from_millis(100),
-        ..test_config()
-    });
+    let srv = quick_cut_server();
     let mut alice = srv.client("alice");
     let mut listen = imc_background(&srv)
         .args(["--name", "ear", "listen"])
@@ -176,19 +158,9 @@ fn listen_into_a_blocked_pipe_stops_reading() {
         .spawn()
         .expect("imc starts");
     alice.expect(r"^\*\*\* .* is now known as ear$");
-    let pad = "x".repeat(4000);
-    let mut sent = 0;
-    loop {
-        alice.send(&format!("{sent:06} {pad}"));
-        let got = alice.expect(r"^(<alice> \d+ x+|\*\*\* ear is offline \(too slow\))$");
-        if got.starts_with("***") {
-            break;
-        }
-        sent += 1;
-        // 20 MB: more than the pipe, imc's buffers, both sockets' kernel
-        // buffers and the server's queue hold together (about 10 MB).
-        assert!(sent < 5_000, "imc listen kept reading into a blocked pipe");
-    }
+    // 20 MB at most: more than the pipe, imc's buffers, both sockets'
+    // kernel buffers and the server's queue hold together (about 10 MB).
+    let sent = send_until_cut(&mut alice, "ear", 5_000);
     eprintln!("imc listen cut after {sent} lines");
     let mut out = String::new();
     listen
@@ -212,4 +184,30 @@ fn listen_into_a_blocked_pipe_stops_reading() {
             &line[..line.len().min(20)]
         );
     }
+}
+
+/// A server that cuts a non-reader quickly: 64 KiB queues, 100 ms stall.
+fn quick_cut_server() -> TestServer {
+    TestServer::with_config(Config {
+        queue_bytes: 64 * 1024,
+        stall_timeout: Duration::from_millis(100),
+        ..test_config()
+    })
+}
+
+/// Has `sender` send numbered 4 KB lines, reading each back, until the
+/// server says `victim` went offline as too slow; returns how many lines
+/// were sent before. Panics past `most` lines.
+fn send_until_cut(sender: &mut LineClient, victim: &str, most: usize) -> usize {
+    let pad = "x".repeat(4000);
+    let me = regex::escape(&sender.label); // client() names it after its label
+    let cut = format!(r"\*\*\* {} is offline \(too slow\)", regex::escape(victim));
+    for sent in 0..most {
+        sender.send(&format!("{sent:06} {pad}"));
+        let got = sender.expect(&format!(r"^(<{me}> \d+ x+|{cut})$"));
+        if got.starts_with("***") {
+            return sent;
+        }
+    }
+    panic!("{victim} not cut after {most} lines");
 }
