@@ -102,3 +102,50 @@ fn systemd_accepts_the_unit() {
         "systemd-analyze verify: {stderr}"
     );
 }
+
+/// `--log-format json`: every line imd logs is one JSON object with a
+/// level and a message, and events carry their fields (here the address
+/// of a client that connected and left).
+#[test]
+fn json_logs_are_one_object_a_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("imd.log");
+    let mut imd = Command::new(assert_cmd::cargo::cargo_bin("imd"))
+        .args(["--ip", "127.0.0.1", "--port", "0", "--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(imd.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first.trim().strip_prefix("imd listening on ").unwrap();
+    let client = std::net::TcpStream::connect(addr).unwrap();
+    let me = client.local_addr().unwrap().to_string();
+    let mut welcome = String::new();
+    BufReader::new(&client).read_line(&mut welcome).unwrap();
+    drop(client);
+    // SIGTERM: the graceful stop, which logs "stopped" last.
+    unsafe { libc::kill(imd.id() as i32, libc::SIGTERM) };
+    assert!(imd.wait().unwrap().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for e in &events {
+        assert!(
+            e["level"].is_string() && e["fields"]["message"].is_string(),
+            "{e}"
+        );
+    }
+    let connected = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "connected")
+        .unwrap_or_else(|| panic!("no connect event in {log}"));
+    assert_eq!(connected["fields"]["addr"], me.as_str());
+    assert_eq!(events.last().unwrap()["fields"]["message"], "stopped");
+}
