@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::codec::{Frame, FrameError, LineCodec};
-use crate::outbox::{outbox, Budget};
+use crate::outbox::{outbox, Budget, PeerSocket};
 use crate::protocol::{
     encode_public, validate_name, visible, Command, ErrorCode, LeaveReason, ServerLine,
 };
@@ -91,36 +91,6 @@ const MAX_READ: usize = 16 * 1024;
 /// A batch of public lines is broadcast once it holds this many bytes.
 const BATCH_BYTES: usize = 16 * 1024;
 
-/// The writing half of a client's connection, which [`serve`] can reset.
-///
-/// A user cut off for not reading has up to `--queue-bytes` we stopped
-/// writing plus a full socket buffer (megabytes) that the kernel would go
-/// on trying to send after a normal close, for minutes, to a peer that is
-/// not reading. Resetting the connection instead frees that memory at once;
-/// the user was cut anyway.
-pub trait Resettable {
-    /// Makes the connection's close a reset that discards unsent data.
-    fn reset_on_close(&self) {}
-}
-
-impl Resettable for tokio::net::tcp::OwnedWriteHalf {
-    fn reset_on_close(&self) {
-        // SO_LINGER with a zero timeout: close() sends a reset and frees
-        // both socket buffers. The close itself happens when the reading
-        // half is dropped too, as the session ends.
-        let sock = socket2::SockRef::from(self.as_ref());
-        if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
-            tracing::debug!("cannot reset a cut connection: {e}");
-        }
-    }
-}
-
-/// In-memory writers (tests, benches) have nothing to free.
-impl Resettable for tokio::io::Sink {}
-impl Resettable for tokio::io::DuplexStream {}
-#[cfg(test)]
-impl Resettable for tokio_test::io::Mock {}
-
 /// Serves one client until it leaves, is cut off, or the server shuts down.
 /// Everything the connection owns is released when this returns.
 pub async fn serve<R, W>(
@@ -131,7 +101,7 @@ pub async fn serve<R, W>(
     shutdown: CancellationToken,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Resettable + Unpin + Send + 'static,
+    W: AsyncWrite + PeerSocket + Unpin + Send + 'static,
 {
     let (outbox, drain) = outbox(
         shared.config.queue_bytes,

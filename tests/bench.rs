@@ -55,7 +55,7 @@ async fn flat_out_with_a_frozen_client() {
     // The default 1 MiB queue, and a generous stall bound: the bench's
     // readers share two cores with the whole parallel test run, which can
     // deschedule a healthy one for a second or two; in production the
-    // bound is 250 ms. The frozen client costs at most this once.
+    // bound is 1 s. The frozen client costs at most this once.
     let srv = TestServer::with_config(Config {
         stall_timeout: Duration::from_secs(3),
         ..test_config()

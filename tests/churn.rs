@@ -409,7 +409,7 @@ fn slow_reader_is_waited_for_not_cut_off() {
     let srv = TestServer::with_config(Config {
         queue_bytes: 64 * 1024,
         // A loaded test machine can deschedule a healthy reader for longer
-        // than the 250 ms production default; this test is about waiting
+        // than the 1 s production default; this test is about waiting
         // for a reader that reads, not about that bound.
         stall_timeout: Duration::from_secs(5),
         ..test_config()
