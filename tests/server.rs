@@ -558,26 +558,28 @@ fn flood_limit_is_sixteen_times_a_large_max_line() {
     bob.expect(r"^\*\*\* alice is offline \(flood\)$");
 }
 
-/// Shutdown flushes a backlog: a user that was not reading while 1 MB
-/// queued up toward it gets all of it, in order, then the bye, within the
-/// shutdown grace.
+/// Shutdown flushes a backlog: a user that was not reading while 15 MB
+/// queued up toward it (more than the kernel's socket buffers hold, so
+/// most of it waits in imd's queue) gets all of it, in order, then the
+/// bye, within the shutdown grace.
 #[test]
 fn shutdown_flushes_a_backlog_before_the_bye() {
     const LINES: usize = 250;
     let mut srv = TestServer::with_config(Config {
-        queue_bytes: 8 * 1024 * 1024,
+        max_line: 64 * 1024,
+        queue_bytes: 64 * 1024 * 1024,
         // It reads nothing until the shutdown: wait for it, never cut it.
         stall_timeout: Duration::from_secs(3600),
         ..test_config()
     });
     let mut behind = srv.frozen_client("behind");
     let mut alice = srv.client("alice");
-    let payload = "b".repeat(4000);
+    let payload = "b".repeat(60_000);
     for i in 0..LINES {
         alice.send(&format!("{i} {payload}"));
-        // Echoed: queued for everyone, behind included.
-        alice.expect(&format!("^<alice> {i} "));
     }
+    // Echoed: queued for everyone, behind included.
+    alice.expect(&format!("^<alice> {} ", LINES - 1));
     let rest = std::thread::scope(|s| {
         s.spawn(|| srv.shutdown());
         behind.expect_closed()
