@@ -444,7 +444,9 @@ fn accept_errors_back_off_and_recover() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Command, Stdio};
     let imd = assert_cmd::cargo::cargo_bin("imd");
-    let mut child = Command::new("bash")
+    let mut bash = Command::new("bash");
+    crate::support::without_settings(&mut bash);
+    let mut child = bash
         .arg("-c")
         .arg(r#"ulimit -n 48 && exec "$0" --port 0 --idle-timeout 0"#)
         .arg(&imd)
@@ -463,21 +465,42 @@ fn accept_errors_back_off_and_recover() {
         .unwrap()
         .parse()
         .unwrap();
+    // The log, line by line: "accept failed" is the event that says the
+    // descriptor limit was hit (no fixed wait decides it).
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
     let transcript = crate::support::Transcript::new();
     // More connections than descriptors: the kernel completes every
-    // handshake, imd can accept only some of them.
+    // handshake, imd can accept only some of them. Each one is welcomed,
+    // or imd logs that it could not accept it.
     let mut served = Vec::new();
     let mut waiting = Vec::new();
     for i in 0..60 {
         let s = std::net::TcpStream::connect(addr).unwrap();
-        // Until the limit shows, wait for each welcome; after, don't.
-        let wait = if waiting.is_empty() { 2000 } else { 1 };
-        s.set_read_timeout(Some(Duration::from_millis(wait)))
-            .unwrap();
-        let mut byte = [0u8; 1];
-        match (&s).read(&mut byte) {
-            Ok(1) => served.push(s),
-            _ => waiting.push((i, s)),
+        let limit_hit = |log: &Vec<String>| log.iter().any(|l| l.contains("accept failed"));
+        let deadline = std::time::Instant::now() + EXPECT_TIMEOUT;
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        loop {
+            let mut byte = [0u8; 1];
+            if let Ok(1) = (&s).read(&mut byte) {
+                served.push(s);
+                break;
+            }
+            log.extend(log_rx.try_iter());
+            if limit_hit(&log) {
+                waiting.push((i, s));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connection {i}: neither welcomed nor refused"
+            );
         }
     }
     assert!(!waiting.is_empty(), "the descriptor limit was never hit");
@@ -492,15 +515,10 @@ fn accept_errors_back_off_and_recover() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    let failures = log.matches("accept failed").count();
-    assert!(failures >= 1, "no accept error logged:\n{log}");
+    // The log thread ends with the process; collect the rest.
+    log.extend(log_rx.iter());
+    let failures = log.iter().filter(|l| l.contains("accept failed")).count();
+    assert!(failures >= 1, "no accept error logged:\n{}", log.join("\n"));
     assert!(
         failures < 200,
         "{failures} accept errors logged: not backing off"
