@@ -24,6 +24,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Nothing from the machine's IMD_*/IMC_* settings (IMD_REDIS would make
+# this a cluster run, IMC_NAME would rename every imc below).
+for var in $(compgen -e); do
+    case $var in IMD_* | IMC_*) unset "$var" ;; esac
+done
 export HOME=$work IMC_HISTORY=$work/history NO_COLOR=1 IMC_TIMEOUT=10
 
 step() { printf '\n== %s\n' "$*"; }
@@ -85,12 +90,22 @@ wait_online bob
 wait "$bob_pid" || fail "bob's listen exited $?"
 grep -qx '\*alice\* psst from ci' "$work/bob.txt" || fail "bob got: $(cat "$work/bob.txt")"
 expect_status 1 "$IMC" whisper nobody hi 2>"$work/err.txt"
-grep -q "no user named 'nobody' is online" "$work/err.txt" || fail "reason: $(cat "$work/err.txt")"
+grep -qF "(no-such-user)" "$work/err.txt" || fail "reason: $(cat "$work/err.txt")"
 
-step "imc who --json and rename"
-"$IMC" who --json | python3 -c 'import json,sys; assert json.load(sys.stdin) == [], "nobody else online"'
+step "imc who --json and rename, seen by a user online"
+"$IMC" --name roster listen --count 1 >"$work/roster.txt" &
+r_pid=$!
+wait_online roster
+"$IMC" who --json | python3 -c 'import json,sys; assert json.load(sys.stdin) == ["roster"]' ||
+    fail "who --json does not list exactly roster"
 "$IMC" rename ci-check | grep -qx 'you are now ci-check' || fail "rename output"
-expect_status 1 "$IMC" rename 'bad name' 2>/dev/null
+expect_status 1 "$IMC" rename 'bad name' 2>"$work/err.txt"
+grep -qF "(bad-name)" "$work/err.txt" || fail "reason: $(cat "$work/err.txt")"
+"$IMC" --name fence send "roster fence"
+wait "$r_pid" || fail "roster's listen exited $?"
+grep -q ' is now known as ci-check$' "$work/roster.txt" || fail "roster saw: $(cat "$work/roster.txt")"
+! grep -q 'bad name' "$work/roster.txt" || fail "a refused rename was announced: $(cat "$work/roster.txt")"
+grep -qx '<fence> roster fence' "$work/roster.txt" || fail "roster saw: $(cat "$work/roster.txt")"
 
 step "scripts/notify.sh posts a command's output"
 "$IMC" --name notices listen --count 3 >"$work/notices.txt" &
@@ -129,7 +144,11 @@ step "bench, tiny configuration (figures not asserted)"
 
 step "scripts/demo.sh runs its own server"
 scripts/demo.sh >"$work/demo.txt" || fail "demo exited $?"
-grep -q 'alice' "$work/demo.txt" || fail "demo output"
+# What carol saw (indented), not the demo's own "== alice says" banners.
+for want in '    <alice> hello everyone' '    *** alice is now known as alicia' \
+    '    <bob> hi alice, welcome' '    *bob* psst, lunch at noon?' '    <alice> bye all'; do
+    grep -qxF -- "$want" "$work/demo.txt" || fail "demo: no '$want' in: $(cat "$work/demo.txt")"
+done
 
 step "SIGTERM: graceful shutdown, exit 0, a stopped server gives exit 3"
 "$IMC" --name last listen >"$work/last.txt" &
