@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::TestServer;
+use crate::support::{LineClient, TestServer};
 
 /// How long a background `imc` (or script) may take to finish.
 /// (Only matters when something is broken.)
@@ -386,14 +386,28 @@ fn silent_server_times_out_with_4() {
 fn taken_name_exits_1() {
     let server = TestServer::start();
     let mut bob = server.client("bob");
+    refused_name_sends_nothing(&server, &mut bob, "bob", "name-taken");
+}
+
+/// An invalid `--name` exits 1 with the server's code, and nothing is sent.
+#[test]
+fn invalid_name_exits_1() {
+    let server = TestServer::start();
+    let mut watch = server.client("watch");
+    refused_name_sends_nothing(&server, &mut watch, "bad name", "bad-name");
+}
+
+/// `imc --name NAME send ...` when NAME cannot be had: exit 1 with the
+/// server's error `code`, and `watch` never gets the message (the imc
+/// connection's leaving is the fence).
+fn refused_name_sends_nothing(server: &TestServer, watch: &mut LineClient, name: &str, code: &str) {
     server
         .imc()
-        .args(["--name", "bob", "send", "impostor"])
+        .args(["--name", name, "send", "should not arrive"])
         .assert()
         .code(1)
-        .stderr(predicates::str::contains("(name-taken)"));
-    bob.send("fence");
-    bob.expect_none_before("impostor", "^<bob> fence$");
+        .stderr(predicates::str::contains(format!("({code})")));
+    watch.expect_none_before("should not arrive", r"^\*\*\* \S+ is offline \(quit\)$");
 }
 
 /// `imc rename` reports whether a name can be had, and the others see
@@ -563,13 +577,19 @@ impl FakeServer {
                 Some(line)
             };
             script(&mut read, &mut stream);
-            drop(read);
             got
         });
         FakeServer {
             port,
             handle: Some(handle),
         }
+    }
+
+    /// `server.imc()` (its HOME and clean environment), pointed here.
+    fn imc(&self, server: &TestServer) -> assert_cmd::Command {
+        let mut cmd = server.imc();
+        cmd.env("IMC_PORT", self.port.to_string());
+        cmd
     }
 
     /// Waits for the script to end; returns the lines the client sent.
@@ -602,20 +622,6 @@ fn closed_stdout_pipe_exits_0() {
     assert_eq!(err, "", "a closed pipe is a normal way to stop");
 }
 
-/// An invalid `--name` exits 1 with the server's code, and nothing is sent.
-#[test]
-fn invalid_name_exits_1() {
-    let server = TestServer::start();
-    let mut watch = server.client("watch");
-    server
-        .imc()
-        .args(["--name", "bad name", "send", "should not arrive"])
-        .assert()
-        .code(1)
-        .stderr(predicates::str::contains("(bad-name)"));
-    watch.expect_none_before("should not arrive", r"^\*\*\* \S+ is offline \(quit\)$");
-}
-
 /// Input imc cannot read (stdin is a directory) is a usage error: exit 2,
 /// and nothing is sent.
 #[test]
@@ -642,9 +648,7 @@ fn connection_lost_during_send_exits_3() {
         read(); // the message; then close without confirming it
     });
     let server = TestServer::start();
-    server
-        .imc()
-        .env("IMC_PORT", fake.port.to_string())
+    fake.imc(&server)
         .args(["send", "are you there"])
         .assert()
         .code(3);
@@ -662,9 +666,7 @@ fn connection_lost_in_the_repl_exits_3() {
         }
     });
     let server = TestServer::start();
-    server
-        .imc()
-        .env("IMC_PORT", fake.port.to_string())
+    fake.imc(&server)
         .write_stdin("1\nfirst words\nsecond words\nexit\n0\n")
         .assert()
         .code(3);
@@ -686,9 +688,7 @@ fn unconfirmed_send_times_out_with_4() {
         let _ = hold_rx.recv();
     });
     let server = TestServer::start();
-    server
-        .imc()
-        .env("IMC_PORT", fake.port.to_string())
+    fake.imc(&server)
         .args(["--timeout", "0.5", "send", "hello?"])
         .assert()
         .code(4)
@@ -728,9 +728,7 @@ fn send_dash_timeout_is_per_line() {
         read();
         let _ = hold_rx.recv(); // but never the second
     });
-    server
-        .imc()
-        .env("IMC_PORT", fake.port.to_string())
+    fake.imc(&server)
         .args(["--timeout", "0.5", "send", "-"])
         .write_stdin("one\ntwo\nthree\n")
         .assert()
@@ -796,9 +794,8 @@ fn listen_json_cluster_and_other_lines() {
             .unwrap();
     });
     let server = TestServer::start();
-    let out = server
-        .imc()
-        .env("IMC_PORT", fake.port.to_string())
+    let out = fake
+        .imc(&server)
         .args(["listen", "--json"])
         .assert()
         .code(3);

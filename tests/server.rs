@@ -5,7 +5,9 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::support::{assert_one_rename_winner, test_config, TestServer, EXPECT_TIMEOUT};
+use crate::support::{
+    assert_one_rename_winner, test_config, LineClient, TestServer, EXPECT_TIMEOUT,
+};
 use imchat::server::Config;
 
 /// v0.2/v0.4: a public line reaches every online user, the sender included.
@@ -200,10 +202,19 @@ fn endless_line_disconnects_the_sender() {
             break;
         }
     }
+    assert_flood_kick(&mut alice, &mut bob, 65536);
+}
+
+/// `alice` was disconnected for sending more than `limit` bytes without a
+/// newline: her last lines say the line was too long and why she is cut
+/// off, and `bob` is told she left for flooding.
+fn assert_flood_kick(alice: &mut LineClient, bob: &mut LineClient, limit: usize) {
     let rest = alice.expect_closed();
     assert!(rest.contains("error too-long"), "{rest:?}");
     assert!(
-        rest.contains("*** bye: more than 65536 bytes without a newline"),
+        rest.contains(&format!(
+            "*** bye: more than {limit} bytes without a newline"
+        )),
         "{rest:?}"
     );
     bob.expect(r"^\*\*\* alice is offline \(flood\)$");
@@ -568,12 +579,7 @@ fn flood_limit_is_sixteen_times_a_large_max_line() {
     bob.expect_next("^<alice> after a long one$");
     // Writing may fail once the server has closed; the bye says why.
     let _ = alice.stream().write_all(&vec![b'z'; 140_000]);
-    let rest = alice.expect_closed();
-    assert!(
-        rest.contains("*** bye: more than 131072 bytes without a newline"),
-        "{rest:?}"
-    );
-    bob.expect(r"^\*\*\* alice is offline \(flood\)$");
+    assert_flood_kick(&mut alice, &mut bob, 131072);
 }
 
 /// Shutdown flushes a backlog: a user that was not reading while 15 MB

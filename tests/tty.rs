@@ -68,6 +68,29 @@ impl Tty {
         assert_eq!(self.cmd(&format!("keys {keys}")), "ok");
     }
 
+    /// From the menu into public talk (menu 1).
+    fn open_public_talk(&mut self) {
+        self.expect("menu> ");
+        self.typed("1");
+        self.expect("public> ");
+    }
+
+    /// Waits until imc has shown `confirmation` for the line just sent
+    /// and is back at `prompt`: keys pressed before rustyline has the
+    /// terminal again would reach the kernel's line editing instead
+    /// (Ctrl-D there is lost).
+    fn confirmed(&mut self, confirmation: &str, prompt: &str) {
+        self.expect(confirmation);
+        self.expect(prompt);
+    }
+
+    /// `exit` leaves public talk, then Ctrl-D at the menu: exit 0.
+    fn leave_and_quit(&mut self) {
+        self.typed("exit");
+        self.expect("menu> ");
+        self.quit_at_menu();
+    }
+
     /// Ctrl-D at the menu: imc exits 0.
     fn quit_at_menu(&mut self) {
         assert_eq!(self.cmd("ctrl-d"), "ok");
@@ -132,6 +155,7 @@ fn tab_completes_an_online_name() {
     tty.expect("to bob> ");
     tty.typed("completed");
     bob.expect(r"^\*alice\* completed$");
+    tty.confirmed("ok to bob: completed", "to bob> ");
     tty.keys(r"\x04");
     tty.expect("menu> ");
     tty.quit_at_menu();
@@ -145,18 +169,15 @@ fn history_is_recalled_in_the_next_run() {
     let mut bob = srv.client("bob");
     for run in 0..2 {
         let mut tty = Tty::start(&srv, &["--name", "alice"]);
-        tty.expect("menu> ");
-        tty.typed("1");
-        tty.expect("public> ");
+        tty.open_public_talk();
         if run == 0 {
             tty.typed("worth repeating");
         } else {
             tty.keys(r"\x1b[A\r");
         }
         bob.expect_next("^<alice> worth repeating$");
-        tty.typed("exit");
-        tty.expect("menu> ");
-        tty.quit_at_menu();
+        tty.confirmed("<alice> worth repeating", "public> ");
+        tty.leave_and_quit();
         bob.expect(r"^\*\*\* alice is offline \(quit\)$");
     }
 }
@@ -167,14 +188,11 @@ fn empty_imc_history_keeps_none() {
     let srv = TestServer::start();
     let mut bob = srv.client("bob");
     let mut tty = Tty::start_env(&srv, &["--name", "alice"], &[("IMC_HISTORY", "")]);
-    tty.expect("menu> ");
-    tty.typed("1");
-    tty.expect("public> ");
+    tty.open_public_talk();
     tty.typed("not to be kept");
     bob.expect("^<alice> not to be kept$");
-    tty.typed("exit");
-    tty.expect("menu> ");
-    tty.quit_at_menu();
+    tty.confirmed("<alice> not to be kept", "public> ");
+    tty.leave_and_quit();
     let files: Vec<_> = std::fs::read_dir(srv.home())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -189,14 +207,13 @@ fn ctrl_c_and_ctrl_d_inside_a_mode() {
     let srv = TestServer::start();
     let mut bob = srv.client("bob");
     let mut tty = Tty::start(&srv, &["--name", "alice"]);
-    tty.expect("menu> ");
-    tty.typed("1");
-    tty.expect("public> ");
+    tty.open_public_talk();
     tty.keys(r"half typed\x03");
     tty.expect("public> ");
     tty.typed("whole line");
     bob.expect(r"^\*\*\* \S+ is now known as alice$");
     bob.expect_next("^<alice> whole line$");
+    tty.confirmed("<alice> whole line", "public> ");
     tty.keys(r"\x04");
     tty.expect("menu> ");
     tty.quit_at_menu();
