@@ -79,6 +79,21 @@ fn finish_all(mut child: Child) -> (ExitStatus, String, String) {
     (status, out, err)
 }
 
+/// `imc --name ear listen ARGS` in the background (stdout and stderr
+/// piped), once `alice` has seen it take its name: from then on it hears
+/// everything.
+fn ear_listening(server: &TestServer, alice: &mut LineClient, args: &[&str]) -> Child {
+    let child = imc_background(server)
+        .args(["--name", "ear", "listen"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    alice.expect(r"^\*\*\* \S+ is now known as ear$");
+    child
+}
+
 /// The lines of `out` that are messages (not presence notices).
 fn messages(out: &str) -> Vec<&str> {
     out.lines().filter(|l| !l.starts_with("*** ")).collect()
@@ -208,12 +223,7 @@ fn send_refuses_command_lookalikes() {
 fn listen_count_stops_after_exactly_three() {
     let server = TestServer::start();
     let mut alice = server.client("alice");
-    let child = imc_background(&server)
-        .args(["--name", "ear", "listen", "--count", "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    alice.expect(r"^\*\*\* \S+ is now known as ear$");
+    let child = ear_listening(&server, &mut alice, &["--count", "3"]);
     for i in 1..=5 {
         alice.send(&format!("m{i}"));
     }
@@ -227,12 +237,7 @@ fn listen_count_stops_after_exactly_three() {
 fn listen_json_prints_one_object_per_event() {
     let server = TestServer::start();
     let mut alice = server.client("alice");
-    let child = imc_background(&server)
-        .args(["--name", "ear", "listen", "--count", "2", "--json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    alice.expect(r"^\*\*\* \S+ is now known as ear$");
+    let child = ear_listening(&server, &mut alice, &["--count", "2", "--json"]);
     alice.send("hello");
     alice.send("to|ear|psst");
     alice.expect("^ok to ear: psst$");
@@ -349,13 +354,7 @@ fn stopped_server_exits_3() {
 fn lost_connection_exits_3() {
     let mut server = TestServer::start();
     let mut alice = server.client("alice");
-    let child = imc_background(&server)
-        .args(["--name", "ear", "listen"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    alice.expect(r"^\*\*\* \S+ is now known as ear$");
+    let child = ear_listening(&server, &mut alice, &[]);
     server.shutdown();
     let (status, out) = finish(child);
     assert_eq!(status.code(), Some(3), "output: {out}");
@@ -603,13 +602,7 @@ impl FakeServer {
 fn closed_stdout_pipe_exits_0() {
     let server = TestServer::start();
     let mut alice = server.client("alice");
-    let mut child = imc_background(&server)
-        .args(["--name", "ear", "listen"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    alice.expect(r"^\*\*\* \S+ is now known as ear$");
+    let mut child = ear_listening(&server, &mut alice, &[]);
     alice.send("one");
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
@@ -744,12 +737,7 @@ fn send_dash_timeout_is_per_line() {
 fn listen_json_covers_every_kind() {
     let mut server = TestServer::start();
     let mut alice = server.client("alice");
-    let child = imc_background(&server)
-        .args(["--name", "ear", "listen", "--json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    alice.expect(r"^\*\*\* \S+ is now known as ear$");
+    let child = ear_listening(&server, &mut alice, &["--json"]);
     let mut bob = server.raw_client("bob");
     let bob_addr = bob.name.clone();
     bob.send("rename|bob");
@@ -821,12 +809,7 @@ fn listen_json_cluster_and_other_lines() {
 fn listen_count_ignores_presence_notices() {
     let server = TestServer::start();
     let mut alice = server.client("alice");
-    let child = imc_background(&server)
-        .args(["--name", "ear", "listen", "--count", "1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    alice.expect(r"^\*\*\* \S+ is now known as ear$");
+    let child = ear_listening(&server, &mut alice, &["--count", "1"]);
     let carol = server.client("carol"); // online, then renamed
     carol.quit(); // offline
     alice.expect(r"^\*\*\* carol is offline \(quit\)$");
