@@ -17,6 +17,10 @@
 //!   locally with the same [`Registry`] machinery as a single node.
 //! - Everything a node publishes goes through one queue and one connection,
 //!   in order, so every user sees each sender's lines in the order sent.
+//!   The queue is bounded in bytes ([`OUT_QUEUE_BYTES`]): past half of it,
+//!   senders wait before their next lines are read, as they do for a slow
+//!   local reader; only past all of it (many senders at once) is a line not
+//!   published, and the log says so.
 //! - A node killed without cleaning up stops refreshing its `alive` key; the
 //!   others notice within `ttl` + `ttl/3`, one of them (the holder of
 //!   `imchat:reap:<node>`) frees its users' names, removes them from `who`,
@@ -25,7 +29,7 @@
 //!   cluster messages are paused, reconnects with backoff, resubscribes, then
 //!   repairs its presence (alive key, user set, name claims) and says so.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +37,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Shared;
@@ -93,8 +97,10 @@ pub struct Cluster {
     config: ClusterConfig,
     client: redis::Client,
     conn: ConnectionManager,
-    out: mpsc::Sender<Outgoing>,
-    out_rx: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    out_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
+    /// What `out` holds, in bytes: the queue's bound.
+    pending: Pending,
     /// False while Redis is unreachable; cluster messages are then dropped
     /// (local chat goes on) and users have been told.
     healthy: AtomicBool,
@@ -150,9 +156,71 @@ return out";
 
 /// Most publishes sent to Redis in one pipeline.
 const PIPELINE: usize = 256;
-/// Queue of lines waiting to be published; a full queue drops (and logs)
-/// rather than stalling local chat.
-const OUT_QUEUE: usize = 65_536;
+/// Bytes of lines waiting to be published. Lines are small and Redis is
+/// on a LAN, so the queue is nearly always empty; this bounds it when Redis
+/// is slow (at 64 MiB, a node's publish backlog costs no more than 64 idle
+/// users' queues at the default `--queue-bytes`).
+pub const OUT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// What one queued publish costs beyond its channel name and payload.
+const OUTGOING_COST: usize = std::mem::size_of::<Outgoing>() + 32;
+
+/// The byte count of the publish queue. Senders consult [`Pending::congested`]
+/// after each read and wait in [`Pending::relieve`]; a line that would take
+/// it past the limit is not queued.
+#[derive(Debug)]
+struct Pending {
+    bytes: AtomicUsize,
+    limit: usize,
+    room: Notify,
+}
+
+impl Pending {
+    fn new(limit: usize) -> Pending {
+        Pending {
+            bytes: AtomicUsize::new(0),
+            limit,
+            room: Notify::new(),
+        }
+    }
+
+    /// Counts `n` more bytes in, unless that would pass the limit.
+    fn charge(&self, n: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b + n <= self.limit).then_some(b + n)
+            })
+            .is_ok()
+    }
+
+    /// Counts `n` bytes out (published, or failed to be) and wakes waiters.
+    fn release(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
+
+    fn congested(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) > self.limit / 2
+    }
+
+    /// Waits until the queue is at most half full.
+    async fn relieve(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !self.congested() {
+                return;
+            }
+            room.await;
+        }
+    }
+}
+
+impl Outgoing {
+    fn cost(&self) -> usize {
+        self.channel.len() + self.payload.len() + OUTGOING_COST
+    }
+}
 
 impl Cluster {
     /// Connects to Redis (a clear error if it is unreachable) and registers
@@ -178,7 +246,7 @@ impl Cluster {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let node = format!("{label}/{}/{nonce:08x}", std::process::id());
-        let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+        let (out, out_rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             node,
             config,
@@ -186,6 +254,7 @@ impl Cluster {
             conn,
             out,
             out_rx: std::sync::Mutex::new(Some(out_rx)),
+            pending: Pending::new(OUT_QUEUE_BYTES),
             healthy: AtomicBool::new(false),
             initial: std::sync::Mutex::new(None),
             stop: CancellationToken::new(),
@@ -259,17 +328,33 @@ impl Cluster {
         if !self.is_healthy() {
             return;
         }
-        if self
-            .out
-            .try_send(Outgoing {
-                channel,
-                payload,
-                reply,
-            })
-            .is_err()
-        {
-            tracing::warn!("cluster publish queue full: a line was not sent to other nodes");
+        let o = Outgoing {
+            channel,
+            payload,
+            reply,
+        };
+        let cost = o.cost();
+        if !self.pending.charge(cost) {
+            tracing::warn!(
+                "cluster publish queue full ({OUT_QUEUE_BYTES} bytes): a line was not sent to other nodes"
+            );
+            return;
         }
+        if self.out.send(o).is_err() {
+            // The publisher has stopped (shutting down).
+            self.pending.release(cost);
+        }
+    }
+
+    /// True while the publish queue is over half full: senders should wait
+    /// in [`Cluster::relieve`] before reading more (Redis is slow).
+    pub fn congested(&self) -> bool {
+        self.pending.congested()
+    }
+
+    /// Waits until the publish queue is at most half full.
+    pub async fn relieve(&self) {
+        self.pending.relieve().await
     }
 
     /// Publishes a line every user on the other nodes should get.
@@ -412,7 +497,11 @@ impl Cluster {
     }
 
     /// Publishes queued lines in order, many per round trip.
-    async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<Outgoing>, stop: CancellationToken) {
+    async fn publisher(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Outgoing>,
+        stop: CancellationToken,
+    ) {
         let mut batch = Vec::with_capacity(PIPELINE);
         loop {
             let n = tokio::select! {
@@ -432,6 +521,12 @@ impl Cluster {
     }
 
     async fn publish_batch(&self, batch: &mut Vec<Outgoing>) {
+        let cost: usize = batch.iter().map(Outgoing::cost).sum();
+        self.publish_pipeline(batch).await;
+        self.pending.release(cost);
+    }
+
+    async fn publish_pipeline(&self, batch: &mut Vec<Outgoing>) {
         let mut pipe = redis::pipe();
         for o in batch.iter() {
             pipe.cmd("PUBLISH").arg(&o.channel).arg(&o.payload);
@@ -717,4 +812,49 @@ fn local_notice(shared: &Shared, text: &str) {
     shared
         .registry
         .broadcast(wire(&ServerLine::Cluster { text: text.into() }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The publish queue is bounded in bytes, not lines: senders are told
+    /// to wait past half, a line past the limit is refused, and waiters
+    /// wake once it has drained below half.
+    #[tokio::test]
+    async fn publish_queue_is_bounded_in_bytes() {
+        let p = Arc::new(Pending::new(1000));
+        assert!(p.charge(400));
+        assert!(!p.congested());
+        assert!(p.charge(400));
+        assert!(p.congested(), "800 of 1000 bytes is past half");
+        assert!(!p.charge(201), "past the limit");
+        assert!(p.charge(200), "up to the limit");
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.relieve().await }
+        });
+        tokio::task::yield_now().await;
+        p.release(400);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "600 of 1000 is still past half");
+        p.release(400);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once at most half full")
+            .unwrap();
+        assert_eq!(p.bytes.load(Ordering::Acquire), 200);
+    }
+
+    /// A queued publish is charged for its text and its bookkeeping, so a
+    /// queue of short lines is bounded by what it really costs.
+    #[test]
+    fn a_publish_costs_more_than_its_text() {
+        let o = Outgoing {
+            channel: ALL.to_string(),
+            payload: "x".repeat(10),
+            reply: None,
+        };
+        assert!(o.cost() >= ALL.len() + 10 + std::mem::size_of::<Outgoing>());
+    }
 }

@@ -12,6 +12,7 @@
 //!   writer that drains it in batches.
 //! - [`registry`]: who is online, atomic renames, and fan-out.
 //! - [`connection`]: one client's session: read, run commands, reply.
+//! - [`net`]: socket settings both ends use (TCP keepalive).
 //! - [`server`]: configuration, accept loop, limits, graceful shutdown.
 //! - [`cluster`]: several nodes as one chat over Redis (`imd --redis`).
 //! - [`client`]: an async client API used by every `imc` command.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod cluster;
 pub mod codec;
 pub mod connection;
+pub mod net;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;

@@ -6,6 +6,7 @@ mod bench;
 mod churn;
 mod cluster;
 mod imc;
+mod limits;
 mod scenarios;
 mod server;
 mod support;
