@@ -6,7 +6,7 @@
 //!   [`TestServer::start_binary`] runs the real `imd` binary and reads its
 //!   `imd listening on` line. Both stop when dropped.
 //! - [`LineClient`] is a plain TCP socket speaking PROTOCOL.md: `send`,
-//!   `expect(regex)` with a timeout, `expect_silence(duration)`.
+//!   `expect(regex)` with a timeout, `expect_none_before(bad, fence)`.
 //! - [`TestServer::imc`] is an `imc` command already pointed at the server,
 //!   with HOME, history file and NO_COLOR set so nothing leaks in from the
 //!   developer's machine.
@@ -456,13 +456,6 @@ impl LineClient {
             self.label
         );
         line
-    }
-
-    /// Asserts that nothing at all arrives for `d`.
-    pub fn expect_silence(&mut self, d: Duration) {
-        if let Some(line) = self.read_line(d) {
-            panic!("{}: expected silence, got {line:?}", self.label);
-        }
     }
 
     /// Asserts no line matching `pattern` arrives before a line matching
