@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{LineClient, TestServer};
+use crate::support::{LineClient, RefusedPort, TestServer};
 
 /// How long a background `imc` (or script) may take to finish.
 /// (Only matters when something is broken.)
@@ -332,15 +332,12 @@ fn repl_prints_incoming_messages() {
 /// A port nobody listens on gives exit code 3.
 #[test]
 fn stopped_server_exits_3() {
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let nobody = RefusedPort::new();
     let server = TestServer::start();
     for args in [&["who"][..], &["send", "hi"], &["listen"], &[]] {
         server
             .imc()
-            .env("IMC_PORT", port.to_string())
+            .env("IMC_PORT", nobody.port.to_string())
             .args(args)
             .assert()
             .code(3)
@@ -866,7 +863,7 @@ fn notify_script_posts_stdin() {
     assert_eq!(status.code(), Some(0));
     watch.expect_next("^<cron> nightly backup$");
     watch.expect_next("^<cron> size 3 GB$");
-    let nobody = crate::support::RefusedPort::new();
+    let nobody = RefusedPort::new();
     let status = script(&server, "notify.sh")
         .env("IMC_PORT", nobody.port.to_string())
         .stdin(Stdio::piped())
@@ -919,7 +916,7 @@ fn wait_for_script_usage_and_connection_exit_codes() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(2));
-    let nobody = crate::support::RefusedPort::new();
+    let nobody = RefusedPort::new();
     let status = script(&server, "wait-for.sh")
         .env("IMC_PORT", nobody.port.to_string())
         .args(["alice", "anything"])
