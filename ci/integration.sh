@@ -32,10 +32,13 @@ done
 export HOME=$work IMC_HISTORY=$work/history NO_COLOR=1 IMC_TIMEOUT=10
 
 step() { printf '\n== %s\n' "$*"; }
+# fail writes to the script's own stderr (fd 3), so a step that sends a
+# command's stderr to a file (expect_status ... 2>FILE) cannot hide it.
+exec 3>&2
 fail() {
-    echo "FAIL: $*" >&2
-    echo "--- imd log ---" >&2
-    cat "$work/imd.log" >&2 || true
+    echo "FAIL: $*" >&3
+    echo "--- imd log ---" >&3
+    cat "$work/imd.log" >&3 || true
     exit 1
 }
 # expect_status WANT CMD...: runs CMD, fails unless it exits WANT.
