@@ -6,6 +6,8 @@
 //! (e.g. out of file descriptors) are logged and backed off, never fatal and
 //! never a busy loop (the seed spun at full CPU there).
 
+pub mod admission;
+
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;

@@ -9,6 +9,7 @@ mod imc;
 mod limits;
 mod scenarios;
 mod server;
+mod service;
 mod support;
 mod timeouts;
 mod tty;
