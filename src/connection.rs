@@ -103,6 +103,25 @@ pub async fn serve<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + PeerSocket + Unpin + Send + 'static,
 {
+    serve_in_slot(reader, writer, addr, shared, shutdown, ()).await
+}
+
+/// [`serve`], holding `slot` (the server's connection-limit permit) while
+/// the user is online. The slot is given back as the user leaves, before
+/// anyone is told: a client that sees `NAME is offline` and connects again
+/// must not be refused as `server-full` because the old connection's writer
+/// is still flushing its last lines (that takes at most `shutdown_grace`).
+pub async fn serve_in_slot<R, W, S>(
+    reader: R,
+    writer: W,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    slot: S,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Resettable + Unpin + Send + 'static,
+{
     let (outbox, drain) = outbox(
         shared.config.queue_bytes,
         shared.config.stall_timeout,
@@ -144,6 +163,7 @@ pub async fn serve<R, W>(
     };
     let (reason, notify) = session.read_loop(reader, &shutdown).await;
     let Session { name, peer, .. } = session;
+    drop(slot);
     shared.registry.leave(&name, peer.id, reason, notify);
     if let Some(c) = &shared.cluster {
         Box::pin(c.remove_user(&name)).await;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::Cluster;
-use crate::connection::{serve, Shared};
+use crate::connection::{serve_in_slot, Shared};
 use crate::net::keep_alive;
 use crate::protocol::{ErrorCode, ServerLine};
 
@@ -148,8 +148,7 @@ pub async fn run_with(
                 let stop = stop.clone();
                 tracker.spawn(async move {
                     let (r, w) = stream.into_split();
-                    serve(r, w, addr, shared, stop).await;
-                    drop(permit);
+                    serve_in_slot(r, w, addr, shared, stop, permit).await;
                 });
             }
             Err(_) => {
