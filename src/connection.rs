@@ -120,7 +120,7 @@ pub async fn serve_in_slot<R, W, S>(
     slot: S,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Resettable + Unpin + Send + 'static,
+    W: AsyncWrite + PeerSocket + Unpin + Send + 'static,
 {
     let (outbox, drain) = outbox(
         shared.config.queue_bytes,
