@@ -194,6 +194,46 @@ mod tests {
         assert!(c.decode(&mut buf).is_err());
     }
 
+    /// Each limit at its exact edge (found by mutation testing: these
+    /// off-by-ones survived the tests above).
+    #[test]
+    fn limits_hold_at_their_exact_edges() {
+        // A line of exactly max_len counts, also without its newline at EOF,
+        // and a CR before the end is not part of it; one byte more does not.
+        let mut c = LineCodec::new(4, 1000);
+        assert_eq!(feed(&mut c, &[b"1234"]), vec![line("1234")]);
+        assert_eq!(feed(&mut c, &[b"ab\r"]), vec![line("ab")]);
+        assert_eq!(feed(&mut c, &[b"1234\r"]), vec![line("1234")]);
+        assert_eq!(feed(&mut c, &[b"12345"]), vec![Frame::TooLong]);
+        // A line of max_len with its CRLF split across reads is a line, not
+        // an over-long one.
+        let mut c = LineCodec::new(1, 1000);
+        assert_eq!(feed(&mut c, &[b"1\r", b"\n"]), vec![line("1")]);
+        assert_eq!(feed(&mut c, &[b"1\r\n"]), vec![line("1")]);
+    }
+
+    /// The flood limit counts the bytes skipped, and is "more than": an
+    /// over-long line of exactly discard_limit skipped bytes is skipped,
+    /// one more is a flood.
+    #[test]
+    fn flood_limit_counts_skipped_bytes_exactly() {
+        // max_len 4: the first 6 bytes (max_len + CRLF) are skipped at once.
+        let mut c = LineCodec::new(4, 16);
+        let mut buf = BytesMut::from(&b"123456"[..]);
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(Frame::TooLong));
+        buf.extend_from_slice(b"abc"); // 9 skipped
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"defghij"); // 16 skipped: the limit itself
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"\nok\n");
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(line("ok")));
+        let mut c = LineCodec::new(4, 16);
+        let mut buf = BytesMut::from(&b"123456"[..]);
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(Frame::TooLong));
+        buf.extend_from_slice(b"abcdefghijk"); // 17 skipped
+        assert!(matches!(c.decode(&mut buf), Err(FrameError::Flood(16))));
+    }
+
     proptest! {
         /// However the input is cut into reads, the same frames come out, and
         /// no frame is longer than the limit.
