@@ -26,7 +26,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
-use crate::codec::{Frame, LineCodec};
+use crate::protocol::codec::{Frame, LineCodec};
 use crate::protocol::{Command, ErrorCode, ServerLine};
 
 /// Longest server line the client accepts. Server lines carry user text of

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
-use crate::codec::{Frame, LineCodec};
+use crate::protocol::codec::{Frame, LineCodec};
 
 /// One step of a scenario.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! `imd`: the chat server binary. Parses flags, sets up logging, binds, and
-//! hands over to [`imchat::server::run`] until Ctrl-C or SIGTERM.
+//! hands over to [`imchat::server::run_in_cluster`] until Ctrl-C or SIGTERM.
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use imchat::cluster::{Cluster, ClusterConfig};
+use imchat::server::cluster::{Cluster, ClusterConfig};
 use imchat::server::{self, Config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -67,15 +67,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-
+    logging();
     let config = Config {
         max_line: args.max_line as usize,
         queue_bytes: args.queue_bytes as usize,
@@ -123,9 +115,30 @@ async fn main() -> ExitCode {
         .await;
     let _ = stdout.flush().await;
     tracing::info!(%addr, "listening");
-    server::run_with(listener, config, cluster, shutdown_signal()).await;
+    server::run_in_cluster(listener, config, cluster, shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Logs to stderr at the level `RUST_LOG` asks for (`debug`, `warn`,
+/// `imchat=debug,info`, ...), `info` if it is unset or unreadable. The
+/// filter is tracing-subscriber's `Targets`, not its `EnvFilter`, whose
+/// span and field matching would link a regex engine into the server.
+fn logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
+        .init();
 }
 
 /// Completes on Ctrl-C or SIGTERM.
