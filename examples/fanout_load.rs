@@ -15,7 +15,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use imchat::bench::fanout::{self, FanoutArgs, Proto};
+use imchat::client::bench::fanout::{self, FanoutArgs, Proto};
 
 /// Open-loop pub/sub fan-out load against imd, Redis or NATS.
 #[derive(Parser, Debug)]

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use imchat::bench::fanout::{self, FanoutArgs, FanoutReport, Proto};
-use imchat::bench::{self, BenchArgs};
+use imchat::client::bench::fanout::{self, FanoutArgs, FanoutReport, Proto};
+use imchat::client::bench::{self, BenchArgs};
 use imchat::server::Config;
 
 use crate::support::{test_config, NatsServer, RedisServer, TestServer};

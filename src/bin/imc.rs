@@ -1,11 +1,11 @@
 //! `imc`: the chat client binary. Parses flags, hands over to
-//! [`imchat::cli::run`], and turns the outcome into the documented exit
+//! [`imchat::client::cli::run`], and turns the outcome into the documented exit
 //! status (see `imc --help`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use imchat::cli::{self, Args};
+use imchat::client::cli::{self, Args};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -141,13 +141,13 @@ pub enum Cmd {
 }
 
 /// `imc bench`'s flags: the closed-loop benchmark's
-/// ([`crate::bench::BenchArgs`]) and, with `--subscribers`, the open-loop
-/// fan-out mode's ([`crate::bench::fanout`]), which shares --rate, --size,
+/// ([`crate::client::bench::BenchArgs`]) and, with `--subscribers`, the open-loop
+/// fan-out mode's ([`crate::client::bench::fanout`]), which shares --rate, --size,
 /// --server-pid and --json.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchCmd {
     #[command(flatten)]
-    pub closed: crate::bench::BenchArgs,
+    pub closed: crate::client::bench::BenchArgs,
     /// Open-loop fan-out mode: this many connections that only read, sent
     /// to by --publishers at --rate messages/s each (required) for
     /// --duration seconds. Not with the closed-loop flags.
@@ -184,10 +184,10 @@ pub struct BenchCmd {
 
 impl BenchCmd {
     /// The fan-out run's arguments, when --subscribers chose that mode.
-    pub fn fanout(&self) -> Option<crate::bench::fanout::FanoutArgs> {
+    pub fn fanout(&self) -> Option<crate::client::bench::fanout::FanoutArgs> {
         let subscribers = self.subscribers?;
-        let d = crate::bench::fanout::FanoutArgs::default();
-        Some(crate::bench::fanout::FanoutArgs {
+        let d = crate::client::bench::fanout::FanoutArgs::default();
+        Some(crate::client::bench::fanout::FanoutArgs {
             publishers: self.publishers.unwrap_or(d.publishers),
             subscribers,
             rate: self.closed.rate.unwrap_or(d.rate),
@@ -316,7 +316,7 @@ async fn bench(args: &Args, cmd: &BenchCmd) -> Result<(), CliError> {
         return bench_fanout(&addr, &fan).await;
     }
     let opts = &cmd.closed;
-    let report = crate::bench::run(&addr, opts)
+    let report = crate::client::bench::run(&addr, opts)
         .await
         .map_err(|source| ClientError::Connect {
             addr: addr.clone(),
@@ -337,8 +337,11 @@ async fn bench(args: &Args, cmd: &BenchCmd) -> Result<(), CliError> {
 }
 
 /// `imc bench --subscribers`: the open-loop fan-out run against imd.
-async fn bench_fanout(addr: &str, opts: &crate::bench::fanout::FanoutArgs) -> Result<(), CliError> {
-    use crate::bench::fanout::{self, Proto};
+async fn bench_fanout(
+    addr: &str,
+    opts: &crate::client::bench::fanout::FanoutArgs,
+) -> Result<(), CliError> {
+    use crate::client::bench::fanout::{self, Proto};
     let report = match fanout::run(addr, Proto::Imchat, opts).await {
         Ok(r) => r,
         Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
