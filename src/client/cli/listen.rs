@@ -59,7 +59,7 @@ pub async fn run(args: &Args, opts: &ListenArgs) -> Result<(), CliError> {
             None => client.next_event().await?,
         };
         let Some(event) = event else {
-            return Err(ClientError::Lost("server closed the connection".into()).into());
+            return Err(ClientError::closed().into());
         };
         print(&client, &event, opts.json)?;
         if output::is_message(&event) {

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::api::Unsendable;
 use crate::client::{Client, ClientError};
 
 /// The exit-status table, shown by `imc --help` and kept in step with
@@ -32,8 +33,9 @@ use crate::client::{Client, ClientError};
 pub const EXIT_CODES: &str = "\
 Exit status (the same for every command):
   0  success (also when stdout is a closed pipe)
-  1  refused by the server (the reason is on stderr); for `scenario`: a
-     scenario failed
+  1  refused by the server (the reason is on stderr), or a message not
+     sent because the server would read it as a command; for `scenario`:
+     a scenario failed
   2  usage error: bad arguments or unusable input
   3  cannot connect, or the connection was lost
   4  timed out";
@@ -236,6 +238,10 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Client(ClientError::Refused { .. }) => EXIT_REFUSED,
+            // Documented as a refusal: imc refuses it for the server,
+            // which would run it as a command.
+            CliError::Client(ClientError::Unsendable(Unsendable::Command(_))) => EXIT_REFUSED,
+            CliError::Client(ClientError::Unsendable(_)) => EXIT_USAGE,
             CliError::Client(ClientError::Connect { .. } | ClientError::Lost(_)) => EXIT_CONNECTION,
             CliError::Client(ClientError::Timeout(_)) => EXIT_TIMEOUT,
             CliError::Usage(_) => EXIT_USAGE,
@@ -261,7 +267,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         Cmd::Rename { name } => oneshot::rename(&args, &name).await,
         Cmd::Who { json } => oneshot::who(&args, json).await,
         Cmd::Listen(opts) => listen::run(&args, &opts).await,
-        Cmd::Repl => repl::run(&args).await,
+        Cmd::Repl => repl::repl(&args).await,
         Cmd::Scenario {
             files,
             expect_timeout,
