@@ -17,7 +17,7 @@ const FINISH: Duration = Duration::from_secs(20);
 
 /// A plain `std::process::Command` for `imc`, set up like
 /// [`TestServer::imc`], for processes that run in the background.
-fn imc_background(server: &TestServer) -> Command {
+pub fn imc_background(server: &TestServer) -> Command {
     let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("imc"));
     isolate(&mut cmd, server);
     cmd

@@ -62,12 +62,23 @@ struct Args {
     /// how soon a killed node's users leave `who`.
     #[arg(long, env = "IMD_CLUSTER_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     cluster_ttl: u64,
+    /// Log format on stderr: `text` for people, `json` (one object a line)
+    /// for log shippers.
+    #[arg(long, env = "IMD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    logging();
+    logging(args.log_format);
+
     let config = Config {
         max_line: args.max_line as usize,
         queue_bytes: args.queue_bytes as usize,
@@ -124,19 +135,21 @@ async fn main() -> ExitCode {
 /// `imchat=debug,info`, ...), `info` if it is unset or unreadable. The
 /// filter is tracing-subscriber's `Targets`, not its `EnvFilter`, whose
 /// span and field matching would link a regex engine into the server.
-fn logging() {
+fn logging(format: LogFormat) {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{Layer, Registry};
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|s| s.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => Box::new(layer.with_ansi(std::io::stderr().is_terminal())),
+        LogFormat::Json => Box::new(layer.json().with_ansi(false)),
+    };
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
+        .with(layer)
         .with(filter)
         .init();
 }

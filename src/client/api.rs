@@ -118,6 +118,7 @@ impl Client {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        crate::net::keep_alive(&stream);
         let (r, w) = stream.into_split();
         let mut client = Client {
             lines: FramedRead::new(r, LineCodec::new(MAX_SERVER_LINE, MAX_SERVER_LINE)),

@@ -59,6 +59,36 @@ const MAX_READ: usize = 16 * 1024;
 /// A batch of public lines is broadcast once it holds this many bytes.
 const BATCH_BYTES: usize = 16 * 1024;
 
+/// The writing half of a client's connection, which [`serve`] can reset.
+///
+/// A user cut off for not reading has up to `--queue-bytes` we stopped
+/// writing plus a full socket buffer (megabytes) that the kernel would go
+/// on trying to send after a normal close, for minutes, to a peer that is
+/// not reading. Resetting the connection instead frees that memory at once;
+/// the user was cut anyway.
+pub trait Resettable {
+    /// Makes the connection's close a reset that discards unsent data.
+    fn reset_on_close(&self) {}
+}
+
+impl Resettable for tokio::net::tcp::OwnedWriteHalf {
+    fn reset_on_close(&self) {
+        // SO_LINGER with a zero timeout: close() sends a reset and frees
+        // both socket buffers. The close itself happens when the reading
+        // half is dropped too, as the session ends.
+        let sock = socket2::SockRef::from(self.as_ref());
+        if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
+            tracing::debug!("cannot reset a cut connection: {e}");
+        }
+    }
+}
+
+/// In-memory writers (tests, benches) have nothing to free.
+impl Resettable for tokio::io::Sink {}
+impl Resettable for tokio::io::DuplexStream {}
+#[cfg(test)]
+impl Resettable for tokio_test::io::Mock {}
+
 /// Serves one client until it leaves, is cut off, or the server shuts down.
 /// Everything the connection owns is released when this returns.
 pub async fn serve<R, W>(
@@ -69,10 +99,15 @@ pub async fn serve<R, W>(
     shutdown: CancellationToken,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Resettable + Unpin + Send + 'static,
 {
     let (user, drain) = hub.new_user(addr);
-    let writer = tokio::spawn(drain.write_to(writer));
+    let writer = tokio::spawn(async move {
+        let mut writer = writer;
+        if drain.write_to(&mut writer).await {
+            writer.reset_on_close();
+        }
+    });
     let name = addr.to_string();
     tracing::info!(%addr, "connected");
     user.outbox
@@ -162,7 +197,10 @@ impl Connection {
                     Err(e) => return self.flooded(e),
                 }
             }
-            if !self.congested.is_empty() {
+            // Redis behind on this node's publishes holds senders back the
+            // same way as a slow reader does.
+            let cluster_behind = hub.cluster_behind();
+            if !self.congested.is_empty() || cluster_behind {
                 let congested = std::mem::take(&mut self.congested);
                 tokio::select! {
                     biased;
@@ -170,6 +208,9 @@ impl Connection {
                     _ = async {
                         for u in &congested {
                             u.outbox.wait_for_room().await;
+                        }
+                        if cluster_behind {
+                            hub.wait_for_cluster().await;
                         }
                     } => {}
                 }
@@ -435,6 +476,106 @@ mod tests {
             got.contains("*** 127.0.0.1:4002 is offline (quit)\n"),
             "{got:?}"
         );
+    }
+
+    /// Reads `r` until the next line from 127.0.0.1:4000, which must be
+    /// `want`.
+    async fn expect_from_4000(r: &mut tokio::io::BufReader<tokio::io::DuplexStream>, want: &str) {
+        use tokio::io::AsyncBufReadExt;
+        let mut got = String::new();
+        loop {
+            got.clear();
+            r.read_line(&mut got).await.unwrap();
+            if got.starts_with("<127.0.0.1:4000>") {
+                assert_eq!(got, want, "lost or reordered");
+                return;
+            }
+        }
+    }
+
+    /// The memory storm, small: users that never read, one that reads,
+    /// and a sender of short lines. All queued output stays within
+    /// `max_queued_bytes` (plus one line per recipient, charged before the
+    /// check), the non-readers are cut, the reader gets every line in
+    /// order, and every charge comes back once all have left.
+    #[tokio::test]
+    async fn a_storm_of_non_readers_stays_within_the_budget() {
+        use tokio::io::{AsyncWriteExt, BufReader};
+        const FROZEN: usize = 20;
+        const LINES: usize = 1500;
+        let limit = 64 * 1024;
+        let hub = Hub::new(
+            Config {
+                max_queued_bytes: limit,
+                stall_timeout: Duration::from_millis(20),
+                ..Config::default()
+            },
+            None,
+        );
+        let mut servers = Vec::new();
+        let mut user = |port: u16, buffer: usize| {
+            let (to_server, from_client) = tokio::io::duplex(4096);
+            let (to_client, from_server) = tokio::io::duplex(buffer);
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            servers.push(tokio::spawn(serve(
+                from_client,
+                to_client,
+                addr,
+                hub.clone(),
+                CancellationToken::new(),
+            )));
+            (to_server, BufReader::new(from_server))
+        };
+        // Non-readers: a small pipe that nobody reads, kept open.
+        let frozen: Vec<_> = (0..FROZEN).map(|i| user(5000 + i as u16, 256)).collect();
+        let (mut sender, mut echo) = user(4000, 1 << 16);
+        let (reader_in, mut reader) = user(4001, 1 << 16);
+        let line = |i: usize| format!("{i:06} {}", "x".repeat(40));
+        while hub.len() < FROZEN + 2 {
+            tokio::task::yield_now().await; // every session has joined
+        }
+        let per_line = (FROZEN + 2) * (line(0).len() + 20 + crate::server::outbox::LINE_COST);
+        let mut peak = 0;
+        for i in 0..LINES {
+            sender
+                .write_all(format!("{}\n", line(i)).as_bytes())
+                .await
+                .unwrap();
+            let want = format!("<127.0.0.1:4000> {}\n", line(i));
+            // The sender's own line back: queued for everyone by now.
+            tokio::time::timeout(Duration::from_secs(10), expect_from_4000(&mut echo, &want))
+                .await
+                .expect("the sender's line came back");
+            peak = peak.max(hub.budget().used());
+            assert!(
+                hub.budget().used() <= limit + per_line,
+                "line {i}: {} bytes queued, budget {limit}",
+                hub.budget().used()
+            );
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                expect_from_4000(&mut reader, &want),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the reader got line {i} ({} online)", hub.len()));
+        }
+        assert_eq!(
+            hub.len(),
+            2,
+            "every non-reader was cut, the sender and reader were not"
+        );
+        assert!(
+            peak > limit / 2,
+            "the storm filled the budget (peak {peak})"
+        );
+        drop((sender, echo, reader_in, reader, frozen));
+        for s in servers {
+            tokio::time::timeout(Duration::from_secs(10), s)
+                .await
+                .expect("session ended")
+                .unwrap();
+        }
+        assert_eq!(hub.budget().used(), 0, "every charge came back");
     }
 
     /// At shutdown a connected user is told why before the socket closes,

@@ -216,6 +216,20 @@ impl Hub {
         fan_out(self.lock().values(), &lines, Some(congested));
     }
 
+    /// True while this node's publishes to the other nodes are backed up
+    /// (Redis is slow): a sender should wait in [`Hub::wait_for_cluster`]
+    /// before its next lines are read, as for a slow local reader.
+    pub fn cluster_behind(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.congested())
+    }
+
+    /// Waits until this node's publish queue is at most half full.
+    pub async fn wait_for_cluster(&self) {
+        if let Some(c) = &self.cluster {
+            c.wait_for_room().await;
+        }
+    }
+
     /// Delivers the whisper `text` (already [visible](crate::protocol::visible))
     /// from `from` to `to`, here or on another node. On success, returns
     /// the recipient if it is here and its queue is now congested.

@@ -7,10 +7,10 @@
 //! never a busy loop.
 
 use std::future::Future;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,7 @@ use super::cluster::Cluster;
 use super::connection::serve;
 use super::hub::Hub;
 use super::Config;
+use crate::net::keep_alive;
 use crate::protocol::{ErrorCode, ServerLine};
 
 /// Shortest and longest pause after a failed `accept`.
@@ -49,6 +50,7 @@ pub async fn run_in_cluster(
     tokio::spawn(give_back_memory(hub.clone(), stop.clone()));
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF.0;
+    let mut refused = Refusals::default();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -71,6 +73,7 @@ pub async fn run_in_cluster(
             }
         };
         let _ = stream.set_nodelay(true);
+        keep_alive(&stream);
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let hub = hub.clone();
@@ -82,8 +85,8 @@ pub async fn run_in_cluster(
                 });
             }
             Err(_) => {
-                tracing::warn!(%addr, "refused: server full ({max_connections} connections)");
-                tracker.spawn(refuse_full(stream, max_connections));
+                refused.note(addr, max_connections);
+                refuse_full(stream, max_connections);
             }
         }
     }
@@ -117,7 +120,9 @@ async fn give_back_memory(hub: Arc<Hub>, stop: CancellationToken) {
         let used = hub.budget().used();
         peak = peak.max(used);
         if peak >= STORM_BYTES && used <= peak / 4 {
-            trim();
+            // Trimming a large heap walks it all: off the async workers,
+            // so that clients are not kept waiting meanwhile.
+            let _ = tokio::task::spawn_blocking(trim).await;
             tracing::info!(
                 peak,
                 used,
@@ -140,15 +145,49 @@ fn trim() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
 
-/// Tells a connection over the limit why it is refused, then closes it.
-async fn refuse_full(mut stream: TcpStream, max: usize) {
+/// Tells a connection over the limit why it is refused and closes it at
+/// once, without a task or a timer: one non-blocking write of one short line
+/// into a fresh socket's empty buffer, then close. A flood of connections
+/// past the limit therefore holds no socket and no memory beyond the accept
+/// itself (mini-redis waits for a permit before accepting instead, which
+/// leaves the refused client hanging with no answer). Lines the client sent
+/// first are discarded; on Linux the client can still read the error line
+/// before the reset.
+fn refuse_full(stream: TcpStream, max: usize) {
     let line = ServerLine::error(
         ErrorCode::ServerFull,
         format!("server is full ({max} connections); try again later"),
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(line.encode().as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await;
+    if let Ok(mut stream) = stream.into_std() {
+        // Non-blocking: if the buffer were somehow full, the line is dropped.
+        let _ = stream.write_all(line.encode().as_bytes());
+    }
+}
+
+/// Refused connections, logged at most once a second so that a flood of
+/// them cannot flood the log too.
+#[derive(Default)]
+struct Refusals {
+    since_log: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, addr: std::net::SocketAddr, max: usize) {
+        self.since_log += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(
+            %addr,
+            refused = self.since_log,
+            "refused: server full ({max} connections)"
+        );
+        self.since_log = 0;
+        self.last_log = Some(now);
+    }
 }

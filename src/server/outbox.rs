@@ -355,8 +355,9 @@ impl Drain {
     /// dropped (then flushes what is left and shuts the socket down) or the
     /// outbox is cut (then stops at once: a client that does not read must
     /// not hold anything up). The caller bounds the final flush in time, so
-    /// a frozen client cannot stall a graceful shutdown.
-    pub async fn write_to<W: AsyncWrite + Unpin>(self, mut w: W) {
+    /// a frozen client cannot stall a graceful shutdown. Returns true if it
+    /// stopped because the outbox was cut.
+    pub async fn write_to<W: AsyncWrite + Unpin>(self, mut w: W) -> bool {
         let st = &self.state;
         let cut = st.cut.clone();
         let mut batch: VecDeque<Bytes> = VecDeque::new();
@@ -385,7 +386,7 @@ impl Drain {
                 }
                 tokio::select! {
                     biased;
-                    _ = cut.cancelled() => return,
+                    _ = cut.cancelled() => return true,
                     _ = st.ready.notified() => continue,
                 }
             }
@@ -397,13 +398,13 @@ impl Drain {
                 }
                 let wrote = tokio::select! {
                     biased;
-                    _ = cut.cancelled() => return,
+                    _ = cut.cancelled() => return true,
                     r = write_all_marking(st, &mut w, &buf) => r,
                 };
                 if let Err(e) = wrote {
                     tracing::debug!("write failed: {e}");
                     st.close(LeaveReason::Error);
-                    return;
+                    return false;
                 }
                 st.queued.fetch_sub(charged, Ordering::AcqRel);
                 st.budget.used.fetch_sub(charged, Ordering::AcqRel);
@@ -414,6 +415,7 @@ impl Drain {
         }
         // The outbox is gone: the connection is ending normally.
         let _ = w.shutdown().await;
+        false
     }
 }
 

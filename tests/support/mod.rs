@@ -22,6 +22,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod sockets;
+
 use imchat::server::{self, Config};
 use regex::Regex;
 

@@ -5,8 +5,12 @@
 //! PUBLISH imchat:node:<N> {"node":M,"to":"bob","from":"alice","text":"hi"}  a whisper for a user on N
 //! ```
 //!
-//! Everything this node publishes goes through one bounded queue to one
-//! publisher task, which sends it in order, many per round trip. Public
+//! Everything this node publishes goes through one queue to one publisher
+//! task, which sends it in order, many per round trip. The queue is bounded
+//! in bytes ([`OUT_QUEUE_BYTES`]): past half of it, senders wait before
+//! their next lines are read, as they do for a slow local reader; only past
+//! all of it (many senders at once) is a line not published, and the log
+//! says so. Public
 //! lines are published as the bytes already encoded for local fan-out, so
 //! a message is encoded once. The subscriber task hands what other nodes
 //! publish to [`LocalNode`]; when Redis goes away it tells local users,
@@ -14,14 +18,14 @@
 //! ([`Cluster::repair`](super::presence)) and says so.
 
 use std::borrow::Cow;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{name_key, node_channel, ALL};
@@ -30,9 +34,66 @@ use crate::protocol::ServerLine;
 
 /// Most publishes sent to Redis in one pipeline.
 const PIPELINE: usize = 256;
-/// Queue of lines waiting to be published; a full queue drops (and logs)
-/// rather than stalling local chat.
-pub(super) const OUT_QUEUE: usize = 65_536;
+/// Bytes of lines waiting to be published. Lines are small and Redis is
+/// on a LAN, so the queue is nearly always empty; this bounds it when Redis
+/// is slow (at 64 MiB, a node's publish backlog costs no more than 64 idle
+/// users' queues at the default `--queue-bytes`).
+pub const OUT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// What one queued publish costs beyond its channel name and payload.
+const OUTGOING_COST: usize = std::mem::size_of::<Outgoing>() + 32;
+
+/// The byte count of the publish queue. Senders consult
+/// [`Pending::congested`] after each read and wait in
+/// [`Pending::wait_for_room`]; a line that would take it past the limit is
+/// not queued.
+#[derive(Debug)]
+pub(super) struct Pending {
+    bytes: AtomicUsize,
+    limit: usize,
+    room: Notify,
+}
+
+impl Pending {
+    pub(super) fn new(limit: usize) -> Pending {
+        Pending {
+            bytes: AtomicUsize::new(0),
+            limit,
+            room: Notify::new(),
+        }
+    }
+
+    /// Counts `n` more bytes in, unless that would pass the limit.
+    fn charge(&self, n: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b + n <= self.limit).then_some(b + n)
+            })
+            .is_ok()
+    }
+
+    /// Counts `n` bytes out (published, or failed to be) and wakes waiters.
+    fn release(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
+
+    fn congested(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) > self.limit / 2
+    }
+
+    /// Waits until the queue is at most half full.
+    async fn wait_for_room(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !self.congested() {
+                return;
+            }
+            room.await;
+        }
+    }
+}
 
 /// Something to publish, in order.
 #[derive(Debug)]
@@ -41,6 +102,12 @@ pub(super) struct Outgoing {
     payload: String,
     /// For whispers: how many nodes received it (0: the user's node is gone).
     reply: Option<oneshot::Sender<Option<i64>>>,
+}
+
+impl Outgoing {
+    fn cost(&self) -> usize {
+        self.channel.len() + self.payload.len() + OUTGOING_COST
+    }
 }
 
 /// A bus message on `imchat:all`. Borrows when publishing, so the line is
@@ -79,17 +146,33 @@ impl Cluster {
         if !self.is_healthy() {
             return;
         }
-        if self
-            .out
-            .try_send(Outgoing {
-                channel,
-                payload,
-                reply,
-            })
-            .is_err()
-        {
-            tracing::warn!("cluster publish queue full: a line was not sent to other nodes");
+        let o = Outgoing {
+            channel,
+            payload,
+            reply,
+        };
+        let cost = o.cost();
+        if !self.pending.charge(cost) {
+            tracing::warn!(
+                "cluster publish queue full ({OUT_QUEUE_BYTES} bytes): a line was not sent to other nodes"
+            );
+            return;
         }
+        if self.out.send(o).is_err() {
+            // The publisher has stopped (shutting down).
+            self.pending.release(cost);
+        }
+    }
+
+    /// True while the publish queue is over half full: senders should wait
+    /// in [`Cluster::wait_for_room`] before reading more (Redis is slow).
+    pub fn congested(&self) -> bool {
+        self.pending.congested()
+    }
+
+    /// Waits until the publish queue is at most half full.
+    pub async fn wait_for_room(&self) {
+        self.pending.wait_for_room().await
     }
 
     /// Publishes public lines, as encoded for local delivery, to the users
@@ -163,7 +246,7 @@ impl Cluster {
     /// Publishes queued lines in order, many per round trip.
     pub(super) async fn publisher(
         self: Arc<Self>,
-        mut rx: mpsc::Receiver<Outgoing>,
+        mut rx: mpsc::UnboundedReceiver<Outgoing>,
         stop: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(PIPELINE);
@@ -185,6 +268,12 @@ impl Cluster {
     }
 
     async fn publish_batch(&self, batch: &mut Vec<Outgoing>) {
+        let cost: usize = batch.iter().map(Outgoing::cost).sum();
+        self.publish_pipeline(batch).await;
+        self.pending.release(cost);
+    }
+
+    async fn publish_pipeline(&self, batch: &mut Vec<Outgoing>) {
         let mut pipe = redis::pipe();
         for o in batch.iter() {
             pipe.cmd("PUBLISH").arg(&o.channel).arg(&o.payload);
@@ -304,4 +393,48 @@ impl Cluster {
 /// Tells this node's users something about the cluster.
 fn tell_local(local: &dyn LocalNode, text: &str) {
     local.public(ServerLine::Cluster { text: text.into() }.to_bytes());
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The publish queue is bounded in bytes, not lines: senders are told
+    /// to wait past half, a line past the limit is refused, and waiters
+    /// wake once it has drained below half.
+    #[tokio::test]
+    async fn publish_queue_is_bounded_in_bytes() {
+        let p = Arc::new(Pending::new(1000));
+        assert!(p.charge(400));
+        assert!(!p.congested());
+        assert!(p.charge(400));
+        assert!(p.congested(), "800 of 1000 bytes is past half");
+        assert!(!p.charge(201), "past the limit");
+        assert!(p.charge(200), "up to the limit");
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.wait_for_room().await }
+        });
+        tokio::task::yield_now().await;
+        p.release(400);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "600 of 1000 is still past half");
+        p.release(400);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once at most half full")
+            .unwrap();
+        assert_eq!(p.bytes.load(Ordering::Acquire), 200);
+    }
+
+    /// A queued publish is charged for its text and its bookkeeping, so a
+    /// queue of short lines is bounded by what it really costs.
+    #[test]
+    fn a_publish_costs_more_than_its_text() {
+        let o = Outgoing {
+            channel: ALL.to_string(),
+            payload: "x".repeat(10),
+            reply: None,
+        };
+        assert!(o.cost() >= ALL.len() + 10 + std::mem::size_of::<Outgoing>());
+    }
 }

@@ -9,8 +9,9 @@
 //! - [`keys`]: every Redis key and channel, and the Lua scripts.
 //! - [`bus`]: pub/sub. One publish per public line or notice for the whole
 //!   cluster, each node fanning out locally; everything a node publishes
-//!   goes through one queue and one connection, in order, so every user
-//!   sees each sender's lines in the order sent. If Redis goes away, the
+//!   goes through one queue (bounded in bytes; past half of it senders are
+//!   held back) and one connection, in order, so every user sees each
+//!   sender's lines in the order sent. If Redis goes away, the
 //!   node keeps serving its own users, tells them cluster messages are
 //!   paused, reconnects with backoff, resubscribes, then repairs its
 //!   presence and says so.
@@ -33,7 +34,8 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use bus::Outgoing;
+pub use bus::OUT_QUEUE_BYTES;
+use bus::{Outgoing, Pending};
 
 /// What the cluster needs from this node: somewhere to deliver what the
 /// other nodes send, and the names to re-register after Redis comes back.
@@ -79,8 +81,10 @@ pub struct Cluster {
     config: ClusterConfig,
     client: redis::Client,
     conn: ConnectionManager,
-    out: mpsc::Sender<Outgoing>,
-    out_rx: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    out_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
+    /// What `out` holds, in bytes: the queue's bound.
+    pending: Pending,
     /// False while Redis is unreachable; cluster messages are then dropped
     /// (local chat goes on) and users have been told.
     healthy: AtomicBool,
@@ -125,7 +129,7 @@ impl Cluster {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let node = format!("{label}/{}/{nonce:08x}", std::process::id());
-        let (out, out_rx) = mpsc::channel(bus::OUT_QUEUE);
+        let (out, out_rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             node,
             config,
@@ -133,6 +137,7 @@ impl Cluster {
             conn,
             out,
             out_rx: std::sync::Mutex::new(Some(out_rx)),
+            pending: Pending::new(OUT_QUEUE_BYTES),
             healthy: AtomicBool::new(false),
             initial: std::sync::Mutex::new(None),
             stop: CancellationToken::new(),

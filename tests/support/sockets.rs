@@ -1,0 +1,84 @@
+//! What the kernel knows about a test's TCP connections: Linux's
+//! /proc/net/tcp (IPv4, which is all the tests use) and a process's open
+//! file descriptors. Tests use it to check what no protocol line shows: that
+//! a connection is probed by keepalive, that a cut connection's buffers are
+//! gone, that refused connections hold no descriptor.
+
+use std::time::{Duration, Instant};
+
+/// One IPv4 TCP socket of this machine.
+#[derive(Debug, Clone)]
+pub struct TcpEntry {
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The kernel's state number: 1 established, 4 FIN-WAIT-1, ...
+    pub state: u8,
+    /// Bytes waiting to be sent.
+    pub tx_queue: u64,
+    /// Which timer is pending: 0 none, 1 retransmit, 2 keepalive, 4 zero
+    /// window probe.
+    pub timer: u8,
+    /// When that timer fires, from now.
+    pub timer_due: Duration,
+}
+
+/// Every IPv4 TCP socket on 127.0.0.1 (both ends of loopback connections).
+pub fn tcp_sockets() -> Vec<TcpEntry> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    text.lines().skip(1).filter_map(parse).collect()
+}
+
+fn parse(line: &str) -> Option<TcpEntry> {
+    // sl local_address rem_address st tx_queue:rx_queue tr:tm->when ...
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let port = |a: &str| u16::from_str_radix(a.split(':').nth(1)?, 16).ok();
+    let (tx, _) = f.get(4)?.split_once(':')?;
+    let (tr, when) = f.get(5)?.split_once(':')?;
+    if !f.get(1)?.starts_with("0100007F") {
+        return None;
+    }
+    Some(TcpEntry {
+        local_port: port(f[1])?,
+        remote_port: port(f[2])?,
+        state: u8::from_str_radix(f[3], 16).ok()?,
+        tx_queue: u64::from_str_radix(tx, 16).ok()?,
+        timer: u8::from_str_radix(tr, 16).ok()?,
+        // In clock ticks: USER_HZ, 100 on Linux.
+        timer_due: Duration::from_millis(u64::from_str_radix(when, 16).ok()? * 10),
+    })
+}
+
+/// The socket with this local and remote port, if it exists.
+pub fn tcp_socket(local_port: u16, remote_port: u16) -> Option<TcpEntry> {
+    tcp_sockets()
+        .into_iter()
+        .find(|e| e.local_port == local_port && e.remote_port == remote_port)
+}
+
+/// Waits (polling the kernel's table, bounded by `timeout`) until `check`
+/// holds for the socket local_port→remote_port (`None`: it is gone).
+/// Returns whether it did.
+pub fn wait_for_socket(
+    local_port: u16,
+    remote_port: u16,
+    timeout: Duration,
+    check: impl Fn(Option<&TcpEntry>) -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check(tcp_socket(local_port, remote_port).as_ref()) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How many file descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count()
+}
