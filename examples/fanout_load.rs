@@ -39,7 +39,7 @@ async fn main() -> ExitCode {
         .addr
         .clone()
         .unwrap_or_else(|| format!("127.0.0.1:{}", cli.proto.default_port()));
-    let report = match fanout::run(&addr, cli.proto, &cli.run).await {
+    let report = match fanout::open_loop(&addr, cli.proto, &cli.run).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fanout_load: {addr}: {e}");

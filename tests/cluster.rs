@@ -188,7 +188,7 @@ async fn bench_across_two_nodes_loses_nothing() {
         second_port: Some(n2.port()),
         ..crate::bench::tiny()
     };
-    let r = imchat::client::bench::run(&n1.addr().to_string(), &args)
+    let r = imchat::client::bench::closed_loop(&n1.addr().to_string(), &args)
         .await
         .unwrap();
     assert!(!r.stalled, "{}", r.human());

@@ -12,9 +12,9 @@ use imchat::server::{self, Config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-/// imd: a TCP chat server speaking the seed tutorial's line protocol.
+/// imd: a TCP chat server speaking a small line protocol.
 ///
-/// Clients connect with nc, telnet, the seed's client or `imc`. Lines:
+/// Clients connect with nc, telnet or `imc`. Lines:
 /// `who`, `rename|NAME`, `to|NAME|MESSAGE`, anything else is a public
 /// message. See PROTOCOL.md. Logs go to stderr; set RUST_LOG (e.g.
 /// RUST_LOG=debug) to change the level.

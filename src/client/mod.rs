@@ -5,7 +5,7 @@
 //!   each waiting for its own reply.
 //! - [`cli`]: `imc`'s command line: flags, exit codes, the one-shot
 //!   commands, `listen`, and the REPL.
-//! - [`bench`]: `imc bench`, the fan-out load generators.
+//! - [`bench`](mod@bench): `imc bench`, the fan-out load generators.
 //!
 //! It shares only [`crate::protocol`] with the server.
 

@@ -34,7 +34,7 @@ pub const WHISPER_USAGE: &str = "to|NAME|MESSAGE";
 
 impl<'a> Command<'a> {
     /// Parses one line (without its line terminator). Never fails: anything
-    /// that is not a command is a public message, as in the seed.
+    /// that is not a command is a public message.
     pub fn parse(line: &'a str) -> Command<'a> {
         if line.trim().is_empty() {
             return Command::Empty;
@@ -74,7 +74,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_seed_commands() {
+    fn parses_the_commands() {
         assert_eq!(Command::parse("who"), Command::Who);
         assert_eq!(Command::parse("rename|bob"), Command::Rename("bob"));
         assert_eq!(

@@ -37,10 +37,10 @@
 //! # Layout
 //!
 //! - [`codec`]: newline framing with a length cap.
-//! - [`command`]: client lines, [`Command`].
-//! - [`server_line`]: server lines, [`ServerLine`], and the codes and
+//! - `command`: client lines, [`Command`].
+//! - `server_line`: server lines, [`ServerLine`], and the codes and
 //!   reasons they carry.
-//! - [`text`]: names and the safety of user text on a terminal.
+//! - `text`: names and the safety of user text on a terminal.
 
 pub mod codec;
 mod command;

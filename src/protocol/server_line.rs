@@ -100,7 +100,7 @@ impl fmt::Display for ErrorCode {
 const WELCOME_HELP: &str = "(commands: who, rename|NAME, to|NAME|MESSAGE)";
 
 /// A line sent by the server. Text fields hold what goes on the wire: the
-/// server passes user text through [`visible`] before building one.
+/// server passes user text through [`visible`](super::visible) before building one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerLine {
     /// `<NAME> TEXT`: a public message, sent to everyone including the sender.

@@ -7,9 +7,9 @@ use std::time::Duration;
 /// bounded by one of these.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Longest accepted line in bytes, without its line ending. 4096 is the
-    /// tutorial server's read buffer, so any line it could carry whole still
-    /// fits.
+    /// Longest accepted line in bytes, without its line ending. 4096 is
+    /// the read buffer of the protocol's original clients (PROTOCOL.md), so
+    /// any line they send whole fits.
     pub max_line: usize,
     /// Bytes a user may have queued toward it before it is disconnected as
     /// too slow. 1 MiB is what Redis (pub/sub soft limit) and InspIRCd use:
@@ -24,7 +24,8 @@ pub struct Config {
     /// that stop reading could hold 10 GiB.
     pub max_queued_bytes: usize,
     /// Disconnect users silent for longer than this; `None` turns it off.
-    /// 300 s is the tutorial's own next step after v0.7.
+    /// 300 s: five minutes, long enough for a person thinking, short enough
+    /// that abandoned connections do not pile up.
     pub idle_timeout: Option<Duration>,
     /// Most simultaneous connections; one more is told the server is full.
     pub max_connections: usize,

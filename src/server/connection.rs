@@ -12,7 +12,7 @@
 //! The public lines of one read are broadcast together: consecutive public
 //! lines are encoded into one buffer, which is pushed to each recipient's
 //! queue once, when the read's lines are used up, another kind of command
-//! comes, or the batch reaches [`BATCH_BYTES`]. Each recipient then costs
+//! comes, or the batch reaches `BATCH_BYTES` (16 KiB). Each recipient then costs
 //! one queue push, at most one writer wake-up and one system call per
 //! batch, not per line. The batch grows with the load by itself: while the
 //! server keeps up, a read holds one line and it goes out at once; when it

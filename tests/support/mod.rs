@@ -13,7 +13,6 @@
 //! - Every client records what it sent and received, with timestamps, in the
 //!   server's [`Transcript`]; if the test panics, dropping the server prints
 //!   the whole transcript, so a failure says who saw what.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -404,13 +403,6 @@ impl LineClient {
             self.label
         );
         line
-    }
-
-    /// Asserts that nothing at all arrives for `d`.
-    pub fn expect_silence(&mut self, d: Duration) {
-        if let Some(line) = self.read_line(d) {
-            panic!("{}: expected silence, got {line:?}", self.label);
-        }
     }
 
     /// Asserts no line matching `pattern` arrives before a line matching

@@ -399,7 +399,7 @@ fn payload(p: usize, seq: u64, micros: u64, size: usize) -> Vec<u8> {
 const SYNC_PAYLOAD: &[u8] = b"#sync all subscribed";
 
 /// Runs the fan-out benchmark against the server at `addr`.
-pub async fn run(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Result<FanoutReport> {
+pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Result<FanoutReport> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
     if !(args.rate.is_finite() && args.rate > 0.0) {
         return Err(bad(

@@ -1,17 +1,17 @@
 //! `imc bench`: a fan-out load generator in the spirit of `nats bench` and
 //! `redis-benchmark`.
 //!
-//! It only uses what every server speaking the seed's commands does (a
-//! public line comes back to everyone, the sender included), so the same run
-//! can be pointed at imd and at the seed's Go server. Each bench message is
+//! It only uses what every server of this protocol does (a public line
+//! comes back to everyone, the sender included), so the same run can be
+//! pointed at imd and at other servers of the protocol (BENCHMARKS.md). Each bench message is
 //! one public line carrying its sender, sequence number and send time:
 //!
 //! ```text
 //! #bench SENDER SEQ MICROS xxxxxxxx...     padded with 'x' to --size bytes
 //! ```
 //!
-//! Receivers find the marker anywhere in a line (the seed prefixes
-//! `Address:[...]  NAME`, imd `<NAME> `), check the padding (corruption),
+//! Receivers find the marker anywhere in a line (other servers
+//! prefix `Address:[...]  NAME`, imd `<NAME> `), check the padding (corruption),
 //! the sequence (lost, duplicated, out of order) and record the latency in an
 //! HDR histogram. Everyone connects first; one `#sync` line, broadcast after
 //! the last join, tells when join notices have settled (servers deliver
@@ -252,7 +252,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Runs the benchmark against `addr`.
-pub async fn run(addr: &str, args: &BenchArgs) -> std::io::Result<Report> {
+pub async fn closed_loop(addr: &str, args: &BenchArgs) -> std::io::Result<Report> {
     let senders = args.senders.min(args.clients);
     let size = args.size as usize;
     let deadline = Instant::now() + Duration::from_secs_f64(args.bench_timeout.max(1.0));

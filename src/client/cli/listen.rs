@@ -40,7 +40,7 @@ pub struct ListenArgs {
 }
 
 /// Runs `imc listen`.
-pub async fn run(args: &Args, opts: &ListenArgs) -> Result<(), CliError> {
+pub async fn listen(args: &Args, opts: &ListenArgs) -> Result<(), CliError> {
     let mut client = connect(args).await?;
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     if opts.count == Some(0) {

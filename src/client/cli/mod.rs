@@ -5,7 +5,7 @@
 //!
 //! - [`oneshot`]: `send`, `whisper`, `rename`, `who`, for scripts;
 //! - [`listen`]: print what arrives, one line (or JSON object) per event;
-//! - [`repl`]: the seed's 1/2/3/0 menu for people (the default);
+//! - [`repl`]: the 1/2/3/0 menu for people (the default);
 //! - [`output`]: how events look on stdout, and writing them there;
 //! - [`input`]: stdin lines read on a plain thread, so a pending read can
 //!   never hold up the exit of the process.
@@ -54,7 +54,7 @@ pub const EXIT_TIMEOUT: u8 = 4;
 /// imc: the client for imd, for people (a REPL) and for scripts (one-shot
 /// commands with reliable exit codes).
 ///
-/// With no command, imc starts the REPL: the seed client's menu (1 public
+/// With no command, imc starts the REPL: a menu (1 public
 /// talk, 2 private talk, 3 change username, 0 exit) with line editing.
 /// Data goes to stdout, diagnostics to stderr.
 #[derive(Parser, Debug, Clone)]
@@ -260,13 +260,13 @@ impl CliError {
 
 /// Runs the command `args` asks for. The binary prints the error (unless
 /// [`CliError::is_quiet`]) and exits with [`CliError::exit_code`].
-pub async fn run(args: Args) -> Result<(), CliError> {
+pub async fn execute(args: Args) -> Result<(), CliError> {
     match args.command.clone().unwrap_or(Cmd::Repl) {
         Cmd::Send { message } => oneshot::send(&args, None, &message).await,
         Cmd::Whisper { to, message } => oneshot::send(&args, Some(&to), &message).await,
         Cmd::Rename { name } => oneshot::rename(&args, &name).await,
         Cmd::Who { json } => oneshot::who(&args, json).await,
-        Cmd::Listen(opts) => listen::run(&args, &opts).await,
+        Cmd::Listen(opts) => listen::listen(&args, &opts).await,
         Cmd::Repl => repl::repl(&args).await,
         Cmd::Scenario {
             files,
@@ -322,7 +322,7 @@ async fn bench(args: &Args, cmd: &BenchCmd) -> Result<(), CliError> {
         return bench_fanout(&addr, &fan).await;
     }
     let opts = &cmd.closed;
-    let report = crate::client::bench::run(&addr, opts)
+    let report = crate::client::bench::closed_loop(&addr, opts)
         .await
         .map_err(|source| ClientError::Connect {
             addr: addr.clone(),
@@ -348,7 +348,7 @@ async fn bench_fanout(
     opts: &crate::client::bench::fanout::FanoutArgs,
 ) -> Result<(), CliError> {
     use crate::client::bench::fanout::{self, Proto};
-    let report = match fanout::run(addr, Proto::Imchat, opts).await {
+    let report = match fanout::open_loop(addr, Proto::Imchat, opts).await {
         Ok(r) => r,
         Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
             return Err(CliError::Usage(e.to_string()))

@@ -6,8 +6,8 @@
 //! only caller: it plugs the cluster in behind its operations, and the
 //! cluster hands what other nodes send back to it through [`LocalNode`].
 //!
-//! - [`keys`]: every Redis key and channel, and the Lua scripts.
-//! - [`bus`]: pub/sub. One publish per public line or notice for the whole
+//! - `keys`: every Redis key and channel, and the Lua scripts.
+//! - `bus`: pub/sub. One publish per public line or notice for the whole
 //!   cluster, each node fanning out locally; everything a node publishes
 //!   goes through one queue (bounded in bytes; past half of it senders are
 //!   held back) and one connection, in order, so every user sees each
@@ -15,7 +15,7 @@
 //!   node keeps serving its own users, tells them cluster messages are
 //!   paused, reconnects with backoff, resubscribes, then repairs its
 //!   presence and says so.
-//! - [`presence`]: names claimed atomically across the cluster, who is on
+//! - `presence`: names claimed atomically across the cluster, who is on
 //!   each node, heartbeats, and reaping: a node killed without cleaning up
 //!   stops refreshing its `alive` key; the others notice within `ttl` +
 //!   `ttl/3`, and one of them frees its users' names, removes them from

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::client::cli::{input, output};
 use crate::protocol::visible;
 
-/// The menu, word for word as the tutorial's client showed it.
+/// The menu, word for word (README.md, "The REPL").
 const MENU: &str = "\
 input 1 : public talk
 input 2 : private talk

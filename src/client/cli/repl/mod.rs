@@ -4,11 +4,11 @@
 //! Two halves, because reading the keyboard blocks and the network must
 //! not wait for it:
 //!
-//! - the [`Courier`], an async task that owns the [`Client`]: it prints
+//! - the `Courier`, an async task that owns the [`Client`]: it prints
 //!   incoming messages as they arrive and runs the requests the menu sends
 //!   it (say, whisper, rename, who), one at a time, replying to each;
-//! - the [`menu`], plain blocking code on its own thread: it reads lines
-//!   (with rustyline, [`terminal`], when stdin and stdout are terminals,
+//! - the `menu`, plain blocking code on its own thread: it reads lines
+//!   (with rustyline, `terminal`, when stdin and stdout are terminals,
 //!   plain stdin lines otherwise), sends a request and waits for its reply
 //!   before reading on.
 //!
