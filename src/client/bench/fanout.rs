@@ -53,7 +53,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::{bench_line, cpu_secs, micros, parse_bench, wait_until};
+use super::common::{bench_line, cpu_secs, micros, parse_bench, wait_until};
 
 /// Which server protocol to speak.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
