@@ -1,0 +1,493 @@
+//! An open-loop publish/subscribe fan-out benchmark that speaks three
+//! protocols: imd's lines, Redis pub/sub (RESP) and NATS.
+//!
+//! The shape: P publishers each send fixed-size messages at a fixed rate R
+//! for D seconds; N subscribers read as fast as they can. Each message is
+//! the same payload as `imc bench`'s (src/bench/mod.rs):
+//!
+//! ```text
+//! #bench PUB SEQ MICROS xxxxxxxx...     padded with 'x' to --size bytes
+//! ```
+//!
+//! where MICROS is the time the message was *scheduled* for (start +
+//! SEQ/R), in µs since the bench started. A server that slows a publisher
+//! down (by not reading from it) therefore shows up as latency rather than
+//! hiding it (no coordinated omission), and as an achieved publish rate
+//! below the requested one.
+//!
+//! Framing per protocol (what one publish and one delivery look like):
+//!
+//! | | publish | delivery |
+//! |---|---|---|
+//! | imd | `PAYLOAD\n` | `<NAME> PAYLOAD\n` |
+//! | Redis | `*3\r\n$7\r\nPUBLISH\r\n$L\r\nCHAN\r\n$L\r\nPAYLOAD\r\n` | `*3\r\n$7\r\nmessage\r\n$L\r\nCHAN\r\n$L\r\nPAYLOAD\r\n` |
+//! | NATS | `PUB CHAN L\r\nPAYLOAD\r\n` | `MSG CHAN 1 L\r\nPAYLOAD\r\n` |
+//!
+//! Split on `\n` with one trailing `\r` removed, the payload is always a
+//! line of its own or the end of one, so a receiver only looks for the
+//! `#bench ` marker in each line. Receivers read 64 KiB at a time and handle
+//! every complete line of a chunk under one lock with one clock reading:
+//! the load generator must stay much cheaper than the server it measures.
+//!
+//! A run: connect and handshake every subscriber (imd: its welcome line;
+//! Redis: the `subscribe` confirmation; NATS: `PONG` after `SUB`) and every
+//! publisher; publisher 0 sends one `#sync` message and everyone waits
+//! until every subscriber saw it (for imd: all join notices have settled).
+//! Then the measured phase: publishers write on schedule (every message due
+//! by now in one write; tokio's timers have about 1 ms resolution), and
+//! after the last one the bench waits until every still-connected
+//! subscriber has everything, or `--drain-timeout`. With `--server-pid` it
+//! reads the server's CPU time from /proc and, where `perf stat` works,
+//! counts its write system calls during that phase.
+
+//!
+//! # Layout
+//!
+//! Here: the arguments and the run itself ([`open_loop`]). `proto`: the
+//! three protocols; `clients`: the subscribers, probe and publishers;
+//! `perf`: the system-call count; `report`: the [`FanoutReport`].
+//! This file is over 400 lines because [`open_loop`] still runs its phases
+//! (handshakes, sync, the measured phase, drain, report) in one function
+//! of about 320 lines; splitting it as the closed loop was is left to do.
+
+mod clients;
+mod perf;
+mod proto;
+mod report;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::common::{cpu_secs, micros, wait_until};
+
+use clients::*;
+use perf::Perf;
+pub use proto::Proto;
+pub use report::FanoutReport;
+
+/// The knobs of one fan-out run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FanoutArgs {
+    /// Connections that publish, each at --rate.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Connections that only receive.
+    #[arg(long, default_value_t = 500)]
+    pub subscribers: usize,
+    /// Messages per second per publisher.
+    #[arg(long)]
+    pub rate: f64,
+    /// Seconds of publishing: each publisher sends rate × duration messages.
+    #[arg(long, default_value_t = 3.0)]
+    pub duration: f64,
+    /// Bytes per message payload; at least 48.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(48..=4000))]
+    pub size: u64,
+    /// Channel (Redis) or subject (NATS) to publish on; imd has one room.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// PID of the server: report its CPU (from /proc) and, if `perf stat`
+    /// works, its write system calls during the measured phase.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for stragglers after the last scheduled message.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout: f64,
+    /// Seconds allowed to connect everyone and see the sync message.
+    #[arg(long, default_value_t = 30.0)]
+    pub ready_timeout: f64,
+    /// Do not run `perf stat` even with --server-pid (it adds a little cost
+    /// to each of the server's system calls).
+    #[arg(long)]
+    pub no_perf: bool,
+}
+
+impl Default for FanoutArgs {
+    /// The command line's defaults, with a rate of 1,000 messages/s.
+    fn default() -> Self {
+        FanoutArgs {
+            publishers: 1,
+            subscribers: 500,
+            rate: 1000.0,
+            duration: 3.0,
+            size: 100,
+            channel: "bench".into(),
+            server_pid: None,
+            json: false,
+            drain_timeout: 10.0,
+            ready_timeout: 30.0,
+            no_perf: false,
+        }
+    }
+}
+
+/// One subscriber's tally.
+struct Tally {
+    /// Per publisher: the sequence number expected next.
+    next: Vec<u64>,
+    got: u64,
+    lost: u64,
+    out_of_order: u64,
+    corrupted: u64,
+    hist: Histogram<u64>,
+    closed: bool,
+    last_error: Option<String>,
+}
+
+/// What the run's tasks share: counters and the one notification that
+/// wakes whoever waits on them.
+struct Counters {
+    start: Instant,
+    proto: Proto,
+    size: usize,
+    publishers: usize,
+    /// Messages each publisher will send if nothing goes wrong.
+    per_publisher: u64,
+    /// Connections whose handshake completed (subscribers, publishers).
+    subs_ready: AtomicUsize,
+    pubs_ready: AtomicUsize,
+    /// Subscribers that saw the sync message.
+    synced: AtomicUsize,
+    /// Subscribers that have every scheduled message, or were closed.
+    done: AtomicUsize,
+    subs_closed: AtomicUsize,
+    pubs_closed: AtomicUsize,
+    notify: Notify,
+    /// Messages written in full, per publisher.
+    sent: Vec<AtomicU64>,
+    last_delivery_us: AtomicU64,
+}
+
+/// Runs the fan-out benchmark against the server at `addr`.
+pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Result<FanoutReport> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err(bad(
+            "--rate must be a positive number of messages per second",
+        ));
+    }
+    if !(args.duration.is_finite() && args.duration > 0.0) {
+        return Err(bad("--duration must be a positive number of seconds"));
+    }
+    if args.publishers == 0 || args.subscribers == 0 {
+        return Err(bad("--publishers and --subscribers must be at least 1"));
+    }
+    if !(48..=4000).contains(&args.size) {
+        return Err(bad("--size must be 48 to 4000 bytes"));
+    }
+    let per_publisher = (args.rate * args.duration).round().max(1.0) as u64;
+    let (n, np) = (args.subscribers, args.publishers);
+    let shared = Arc::new(Counters {
+        start: Instant::now(),
+        proto,
+        size: args.size as usize,
+        publishers: np,
+        per_publisher,
+        subs_ready: AtomicUsize::new(0),
+        pubs_ready: AtomicUsize::new(0),
+        synced: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        subs_closed: AtomicUsize::new(0),
+        pubs_closed: AtomicUsize::new(0),
+        notify: Notify::new(),
+        sent: (0..np).map(|_| AtomicU64::new(0)).collect(),
+        last_delivery_us: AtomicU64::new(0),
+    });
+    let mut report = FanoutReport {
+        proto: proto.name().into(),
+        publishers: np,
+        subscribers: n,
+        size: args.size,
+        rate_per_publisher: args.rate,
+        duration_secs: args.duration,
+        requested_deliveries_per_sec: np as f64 * args.rate * n as f64,
+        messages_scheduled: per_publisher * np as u64,
+        ..FanoutReport::default()
+    };
+    let ready_deadline = Instant::now() + Duration::from_secs_f64(args.ready_timeout.max(1.0));
+    let connect = |what: String| {
+        let addr = addr.to_string();
+        async move {
+            match tokio::time::timeout_at(ready_deadline.into(), TcpStream::connect(&addr)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    Ok(s)
+                }
+                Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("{what}: {e}"))),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{what}: connect timed out"),
+                )),
+            }
+        }
+    };
+
+    // Subscribers first, then publishers (for imd, the publishers' joins
+    // are then announced to the subscribers before the sync message).
+    let tallies: Vec<Arc<Mutex<Tally>>> = (0..n)
+        .map(|_| {
+            Arc::new(Mutex::new(Tally {
+                next: vec![0; np],
+                got: 0,
+                lost: 0,
+                out_of_order: 0,
+                corrupted: 0,
+                hist: Histogram::new(3).expect("histogram"),
+                closed: false,
+                last_error: None,
+            }))
+        })
+        .collect();
+    let hello: Arc<[u8]> = proto.subscriber_hello(&args.channel).into();
+    let mut tasks = Vec::with_capacity(n + np);
+    for (i, tally) in tallies.iter().enumerate() {
+        let stream = connect(format!("subscriber {i}")).await?;
+        tasks.push(tokio::spawn(subscriber(
+            stream,
+            hello.clone(),
+            tally.clone(),
+            shared.clone(),
+        )));
+    }
+    let mut writers = Vec::with_capacity(np);
+    for p in 0..np {
+        let stream = connect(format!("publisher {p}")).await?;
+        let (r, mut w) = stream.into_split();
+        let hello = proto.publisher_hello();
+        if !hello.is_empty() {
+            w.write_all(&hello).await?;
+        }
+        tasks.push(tokio::spawn(publisher_reader(r, shared.clone())));
+        writers.push(w);
+    }
+    let all_ready = wait_until(&shared.notify, ready_deadline, || {
+        (shared.subs_ready.load(Ordering::Acquire) >= n
+            && shared.pubs_ready.load(Ordering::Acquire) >= np)
+            || shared.subs_closed.load(Ordering::Acquire) > 0
+            || shared.pubs_closed.load(Ordering::Acquire) > 0
+    })
+    .await
+        && shared.subs_closed.load(Ordering::Acquire) == 0
+        && shared.pubs_closed.load(Ordering::Acquire) == 0;
+    let mut synced = false;
+    if all_ready {
+        let mut sync = Vec::new();
+        proto.publish(&args.channel, SYNC_PAYLOAD, &mut sync);
+        writers[0].write_all(&sync).await?;
+        synced = wait_until(&shared.notify, ready_deadline, || {
+            shared.synced.load(Ordering::Acquire) >= n
+        })
+        .await;
+    }
+    report.ready_secs = shared.start.elapsed().as_secs_f64();
+    if !synced {
+        report.notes.push(format!(
+            "not ready within {} s: {} of {n} subscribers and {} of {np} publishers handshaked, \
+             {} subscribers saw the sync message, {} subscribers and {} publishers were closed",
+            args.ready_timeout,
+            shared.subs_ready.load(Ordering::Acquire),
+            shared.pubs_ready.load(Ordering::Acquire),
+            shared.synced.load(Ordering::Acquire),
+            shared.subs_closed.load(Ordering::Acquire),
+            shared.pubs_closed.load(Ordering::Acquire),
+        ));
+        report.stalled = true;
+        for t in &tasks {
+            t.abort();
+        }
+        return Ok(report);
+    }
+
+    // The measured phase.
+    let mut perf = None;
+    if let Some(pid) = args.server_pid.filter(|_| !args.no_perf) {
+        match Perf::start(pid).await {
+            Ok(p) => perf = Some(p),
+            Err(why) => report.notes.push(why),
+        }
+    }
+    let cpu_before = args.server_pid.and_then(cpu_secs);
+    // A little lead, so that the first message is not late already.
+    let publish_start_us = micros(shared.start) + 5_000;
+    let hard_stop = shared.start
+        + Duration::from_micros(publish_start_us)
+        + Duration::from_secs_f64(args.duration + args.drain_timeout.max(0.0));
+    // The probe runs on a thread and runtime of its own, so that what it
+    // measures is the server, not the load generator's own busy runtime.
+    let probing = tokio_util::sync::CancellationToken::new();
+    let prober = {
+        let (addr, stop) = (addr.to_string(), probing.clone());
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(probe_loop(addr, proto, stop)))
+                .unwrap_or_default()
+        })
+    };
+    let mut pubs = Vec::with_capacity(np);
+    for (p, w) in writers.into_iter().enumerate() {
+        let plan = Plan {
+            p,
+            start_us: publish_start_us,
+            rate: args.rate,
+            count: per_publisher,
+            channel: args.channel.clone(),
+            hard_stop,
+        };
+        pubs.push(tokio::spawn(publish(w, plan, shared.clone())));
+    }
+    let mut lag_us = 0;
+    let mut publish_end_us = publish_start_us;
+    let mut finished_publishing = true;
+    let mut keep_writers = Vec::new();
+    for t in pubs {
+        match t.await {
+            Ok(out) => {
+                lag_us = lag_us.max(out.lag_us);
+                publish_end_us = publish_end_us.max(out.end_us);
+                if !out.complete {
+                    finished_publishing = false;
+                }
+                // Kept open until the end: closing a publisher's socket
+                // early could make some servers drop what it still holds.
+                keep_writers.push(out.writer);
+            }
+            Err(_) => finished_publishing = false,
+        }
+    }
+    probing.cancel();
+    let probe_times = tokio::task::spawn_blocking(move || prober.join().unwrap_or_default())
+        .await
+        .unwrap_or_default();
+    report.probes = probe_times.len() as u64;
+    let mut answered: Vec<f64> = probe_times.into_iter().flatten().collect();
+    report.probes_failed = report.probes - answered.len() as u64;
+    answered.sort_by(f64::total_cmp);
+    if let Some(&max) = answered.last() {
+        report.probe_ms_max = max;
+        report.probe_ms_p50 = answered[(answered.len() - 1) / 2];
+    }
+    let sent: Vec<u64> = shared
+        .sent
+        .iter()
+        .map(|s| s.load(Ordering::Acquire))
+        .collect();
+    let messages_sent: u64 = sent.iter().sum();
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout.max(0.0));
+    let everything = |tallies: &[Arc<Mutex<Tally>>]| {
+        tallies.iter().all(|t| {
+            let t = t.lock().unwrap();
+            t.closed || t.next.iter().zip(&sent).all(|(got, sent)| got >= sent)
+        })
+    };
+    // `done` counts subscribers with every scheduled message; the full
+    // check also covers publishers that sent fewer.
+    let drained = wait_until(&shared.notify, drain_deadline, || {
+        shared.done.load(Ordering::Acquire) >= n || everything(&tallies)
+    })
+    .await;
+    let end_us = micros(shared.start);
+    let cpu_after = args.server_pid.and_then(cpu_secs);
+    if let Some(perf) = perf {
+        let (counts, note) = perf.stop().await;
+        match counts {
+            Ok(counts) => {
+                report.write_syscalls = Some(counts.values().sum());
+                report.write_syscalls_by_call = counts;
+            }
+            Err(why) => report.notes.push(why),
+        }
+        report.notes.extend(note);
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    drop(keep_writers);
+
+    // The report.
+    report.messages_sent = messages_sent;
+    let publish_secs =
+        ((publish_end_us.saturating_sub(publish_start_us)) as f64 / 1e6).max(args.duration);
+    report.achieved_publish_per_sec = messages_sent as f64 / publish_secs;
+    report.achieved_publish_pct = 100.0 * report.achieved_publish_per_sec / (np as f64 * args.rate);
+    report.publisher_lag_ms_max = lag_us as f64 / 1e3;
+    report.publishers_disconnected = shared.pubs_closed.load(Ordering::Acquire) as u64;
+    report.measured_secs = end_us.saturating_sub(publish_start_us) as f64 / 1e6;
+    report.deliveries_expected = messages_sent * n as u64;
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    for t in &tallies {
+        let t = t.lock().unwrap();
+        hist.add(&t.hist).expect("same histogram bounds");
+        report.deliveries += t.got;
+        report.out_of_order += t.out_of_order;
+        report.corrupted += t.corrupted;
+        let unseen: u64 = t
+            .next
+            .iter()
+            .zip(&sent)
+            .map(|(got, sent)| sent.saturating_sub(*got))
+            .sum();
+        if t.closed {
+            report.disconnected += 1;
+            report.lost_to_disconnects += t.lost + unseen;
+            let why = t.last_error.clone().unwrap_or_else(|| "(none)".into());
+            *report.disconnect_reasons.entry(why).or_default() += 1;
+        } else {
+            report.lost += t.lost + unseen;
+        }
+    }
+    if report.deliveries_expected > 0 {
+        report.delivered_pct = 100.0 * report.deliveries as f64 / report.deliveries_expected as f64;
+    }
+    let last = shared.last_delivery_us.load(Ordering::Acquire);
+    if last > publish_start_us {
+        report.deliveries_per_sec =
+            report.deliveries as f64 / ((last - publish_start_us) as f64 / 1e6);
+    }
+    report.latency_us_p50 = hist.value_at_quantile(0.50);
+    report.latency_us_p90 = hist.value_at_quantile(0.90);
+    report.latency_us_p99 = hist.value_at_quantile(0.99);
+    report.latency_us_p999 = hist.value_at_quantile(0.999);
+    report.latency_us_max = hist.max();
+    if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+        let cpu = (a - b).max(0.0);
+        report.server_cpu_secs = Some(cpu);
+        if report.measured_secs > 0.0 {
+            report.server_cpu_pct = Some(100.0 * cpu / report.measured_secs);
+        }
+        if report.deliveries > 0 {
+            report.server_cpu_us_per_delivery = Some(cpu * 1e6 / report.deliveries as f64);
+        }
+    }
+    if let Some(w) = report.write_syscalls {
+        if report.deliveries > 0 {
+            report.write_syscalls_per_delivery = Some(w as f64 / report.deliveries as f64);
+        }
+    }
+    if !finished_publishing {
+        report.notes.push(format!(
+            "the publishers could not write every scheduled message within duration + drain timeout \
+             ({messages_sent} of {} written)",
+            report.messages_scheduled
+        ));
+    }
+    if !drained {
+        report.notes.push(format!(
+            "connected subscribers still missed messages {} s after the last send",
+            args.drain_timeout
+        ));
+    }
+    report.stalled = !finished_publishing || !drained;
+    Ok(report)
+}
