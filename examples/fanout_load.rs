@@ -1,4 +1,4 @@
-//! The open-loop pub/sub fan-out benchmark (src/bench/fanout.rs) as a
+//! The open-loop pub/sub fan-out benchmark (src/client/bench/fanout/) as a
 //! program of its own, for imd, Redis and NATS alike:
 //!
 //! ```sh

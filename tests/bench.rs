@@ -1,6 +1,6 @@
 //! `imc bench` in a tiny configuration against imd: it measures, and on a
 //! correct server it finds nothing lost, duplicated or corrupted. The
-//! open-loop fan-out bench (src/bench/fanout.rs) likewise against imd, a
+//! open-loop fan-out bench (src/client/bench/fanout/) likewise against imd, a
 //! real redis-server and a real nats-server. (Figures are never asserted:
 //! tests check behaviour, the bench speed.)
 

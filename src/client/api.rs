@@ -15,6 +15,8 @@
 //! back to its sender as a broadcast, which the server queues for everyone in
 //! the same step. So when [`Client::say`] returns, every online user has been
 //! sent the message.
+//!
+//! (Over 400 lines: about 80 of them are tests against a scripted server.)
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

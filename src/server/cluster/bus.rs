@@ -16,6 +16,9 @@
 //! publish to [`LocalNode`]; when Redis goes away it tells local users,
 //! reconnects with backoff, repairs this node's presence
 //! ([`Cluster::repair`](super::presence)) and says so.
+//!
+//! (Over 400 lines: the byte-bounded queue, the publisher and the
+//! subscriber are one pipeline; about 45 lines are tests.)
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //!
 //! The shape: P publishers each send fixed-size messages at a fixed rate R
 //! for D seconds; N subscribers read as fast as they can. Each message is
-//! the same payload as `imc bench`'s (src/bench/mod.rs):
+//! the same payload as `imc bench`'s (src/client/bench/common.rs):
 //!
 //! ```text
 //! #bench PUB SEQ MICROS xxxxxxxx...     padded with 'x' to --size bytes
