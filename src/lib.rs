@@ -14,11 +14,11 @@
 //!   [`server::hub`] that owns who is online and fans lines out, the
 //!   per-user outbox, and the optional cluster link behind the hub.
 //! - [`client`]: `imc`. The async client API, the command line and the
-//!   REPL, the fan-out benchmarks. Behind the default `client` feature, so
-//!   the server alone builds without the client's crates.
-//! - [`scenario`]: plain-text multi-client scenarios and their runner.
+//!   REPL, the fan-out benchmarks, the scenario runner. Behind the default
+//!   `client` feature, so the server alone builds without the client's
+//!   crates.
 //!
-//! Nothing under `server` imports from `client` or `scenario`.
+//! Nothing under `server` imports from `client`.
 
 pub mod net;
 pub mod protocol;
@@ -26,5 +26,3 @@ pub mod server;
 
 #[cfg(feature = "client")]
 pub mod client;
-#[cfg(feature = "client")]
-pub mod scenario;

@@ -6,11 +6,14 @@
 //! - [`cli`]: `imc`'s command line: flags, exit codes, the one-shot
 //!   commands, `listen`, and the REPL.
 //! - [`bench`](mod@bench): `imc bench`, the fan-out load generators.
+//! - [`scenario`]: plain-text multi-client scenarios and their runner
+//!   (`imc scenario`, and the tests).
 //!
 //! It shares only [`crate::protocol`] with the server.
 
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod scenario;
 
 pub use api::{Client, ClientError, Event, MAX_PENDING_EVENTS};

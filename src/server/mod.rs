@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: the limits, each with the reason for its default.
 //! - [`listener`]: the accept loop, the connection limit, shutdown.
+//! - [`admission`]: limits per client address (not yet wired in).
 //! - [`connection`]: one client's session: read, parse, call the hub, reply.
 //! - [`hub`]: who is online, the protocol's operations, fan-out.
 //! - [`outbox`]: the per-user queue, bounded in bytes, and its writer.
@@ -17,6 +18,7 @@
 //! Modules depend downwards only: listener → connection → hub → cluster,
 //! outbox; none of them imports from the client side.
 
+pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod connection;

@@ -116,7 +116,9 @@ pub enum Cmd {
     /// The interactive menu (also what imc does with no command).
     Repl,
     /// Run scenario files (tests/README.md describes the format) against
-    /// the server; exit 0 if all pass, 1 if any fails (with transcripts).
+    /// the server; exit 0 if none fails (a file that needs what this
+    /// server or runner lacks is reported SKIP), 1 if any fails (with
+    /// transcripts).
     Scenario {
         /// Scenario files, run one after another.
         #[arg(required = true)]
@@ -283,7 +285,7 @@ async fn scenarios(
     files: &[std::path::PathBuf],
     expect_timeout: Duration,
 ) -> Result<(), CliError> {
-    use crate::scenario::{self, Scenario};
+    use crate::client::scenario::{self, Scenario};
     let addr = SocketAddr::new(args.ip, args.port).to_string();
     let mut parsed = Vec::new();
     for f in files {
@@ -296,9 +298,10 @@ async fn scenarios(
     let mut failed = 0;
     for s in &parsed {
         let outcome = scenario::run(s, &addr, expect_timeout).await;
-        match &outcome.failure {
-            None => println!("PASS {}", s.name),
-            Some(why) => {
+        match (&outcome.failure, &outcome.skipped) {
+            (None, None) => println!("PASS {}", s.name),
+            (None, Some(why)) => println!("SKIP {}: {why}", s.name),
+            (Some(why), _) => {
                 failed += 1;
                 println!("FAIL {why}");
                 println!("---- transcript ----\n{}---- end ----", outcome.transcript);
