@@ -39,19 +39,18 @@
 //! subscriber has everything, or `--drain-timeout`. With `--server-pid` it
 //! reads the server's CPU time from /proc and, where `perf stat` works,
 //! counts its write system calls during that phase.
-
 //!
 //! # Layout
 //!
-//! Here: the arguments and the run itself ([`open_loop`]). `proto`: the
-//! three protocols; `clients`: the subscribers, probe and publishers;
-//! `perf`: the system-call count; `report`: the [`FanoutReport`].
-//! This file is over 400 lines because [`open_loop`] still runs its phases
-//! (handshakes, sync, the measured phase, drain, report) in one function
-//! of about 320 lines; splitting it as the closed loop was is left to do.
+//! Here: the arguments and the run itself ([`open_loop`]). `phases`: its
+//! steps. `proto`: the three protocols; `clients`: the subscribers, probe
+//! and publishers;
+//! `perf`: the system-call count; `report`: the [`FanoutReport`] and how
+//! it is summed up.
 
 mod clients;
 mod perf;
+mod phases;
 mod proto;
 mod report;
 
@@ -61,14 +60,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::common::{cpu_secs, micros, wait_until};
+use super::common::{cpu_secs, micros};
 
-use clients::*;
 use perf::Perf;
+use phases::{check, connect, drain, publish_all, sync, Probe};
 pub use proto::Proto;
 pub use report::FanoutReport;
 
@@ -144,6 +141,21 @@ struct Tally {
     last_error: Option<String>,
 }
 
+impl Tally {
+    fn new(publishers: usize) -> Tally {
+        Tally {
+            next: vec![0; publishers],
+            got: 0,
+            lost: 0,
+            out_of_order: 0,
+            corrupted: 0,
+            hist: Histogram::new(3).expect("histogram"),
+            closed: false,
+            last_error: None,
+        }
+    }
+}
+
 /// What the run's tasks share: counters and the one notification that
 /// wakes whoever waits on them.
 struct Counters {
@@ -168,23 +180,11 @@ struct Counters {
     last_delivery_us: AtomicU64,
 }
 
-/// Runs the fan-out benchmark against the server at `addr`.
+/// Runs the fan-out benchmark against the server at `addr`, in phases:
+/// connect and handshake everyone, sync, publish on schedule while a probe
+/// times the server's answers, drain, report.
 pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Result<FanoutReport> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
-    if !(args.rate.is_finite() && args.rate > 0.0) {
-        return Err(bad(
-            "--rate must be a positive number of messages per second",
-        ));
-    }
-    if !(args.duration.is_finite() && args.duration > 0.0) {
-        return Err(bad("--duration must be a positive number of seconds"));
-    }
-    if args.publishers == 0 || args.subscribers == 0 {
-        return Err(bad("--publishers and --subscribers must be at least 1"));
-    }
-    if !(48..=4000).contains(&args.size) {
-        return Err(bad("--size must be 48 to 4000 bytes"));
-    }
+    check(args)?;
     let per_publisher = (args.rate * args.duration).round().max(1.0) as u64;
     let (n, np) = (args.subscribers, args.publishers);
     let shared = Arc::new(Counters {
@@ -215,80 +215,12 @@ pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Resul
         ..FanoutReport::default()
     };
     let ready_deadline = Instant::now() + Duration::from_secs_f64(args.ready_timeout.max(1.0));
-    let connect = |what: String| {
-        let addr = addr.to_string();
-        async move {
-            match tokio::time::timeout_at(ready_deadline.into(), TcpStream::connect(&addr)).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    Ok(s)
-                }
-                Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("{what}: {e}"))),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{what}: connect timed out"),
-                )),
-            }
-        }
-    };
-
-    // Subscribers first, then publishers (for imd, the publishers' joins
-    // are then announced to the subscribers before the sync message).
     let tallies: Vec<Arc<Mutex<Tally>>> = (0..n)
-        .map(|_| {
-            Arc::new(Mutex::new(Tally {
-                next: vec![0; np],
-                got: 0,
-                lost: 0,
-                out_of_order: 0,
-                corrupted: 0,
-                hist: Histogram::new(3).expect("histogram"),
-                closed: false,
-                last_error: None,
-            }))
-        })
+        .map(|_| Arc::new(Mutex::new(Tally::new(np))))
         .collect();
-    let hello: Arc<[u8]> = proto.subscriber_hello(&args.channel).into();
-    let mut tasks = Vec::with_capacity(n + np);
-    for (i, tally) in tallies.iter().enumerate() {
-        let stream = connect(format!("subscriber {i}")).await?;
-        tasks.push(tokio::spawn(subscriber(
-            stream,
-            hello.clone(),
-            tally.clone(),
-            shared.clone(),
-        )));
-    }
-    let mut writers = Vec::with_capacity(np);
-    for p in 0..np {
-        let stream = connect(format!("publisher {p}")).await?;
-        let (r, mut w) = stream.into_split();
-        let hello = proto.publisher_hello();
-        if !hello.is_empty() {
-            w.write_all(&hello).await?;
-        }
-        tasks.push(tokio::spawn(publisher_reader(r, shared.clone())));
-        writers.push(w);
-    }
-    let all_ready = wait_until(&shared.notify, ready_deadline, || {
-        (shared.subs_ready.load(Ordering::Acquire) >= n
-            && shared.pubs_ready.load(Ordering::Acquire) >= np)
-            || shared.subs_closed.load(Ordering::Acquire) > 0
-            || shared.pubs_closed.load(Ordering::Acquire) > 0
-    })
-    .await
-        && shared.subs_closed.load(Ordering::Acquire) == 0
-        && shared.pubs_closed.load(Ordering::Acquire) == 0;
-    let mut synced = false;
-    if all_ready {
-        let mut sync = Vec::new();
-        proto.publish(&args.channel, SYNC_PAYLOAD, &mut sync);
-        writers[0].write_all(&sync).await?;
-        synced = wait_until(&shared.notify, ready_deadline, || {
-            shared.synced.load(Ordering::Acquire) >= n
-        })
-        .await;
-    }
+
+    let (tasks, mut writers) = connect(addr, args, &shared, &tallies, ready_deadline).await?;
+    let synced = sync(args, &shared, &mut writers, ready_deadline).await?;
     report.ready_secs = shared.start.elapsed().as_secs_f64();
     if !synced {
         report.notes.push(format!(
@@ -319,84 +251,15 @@ pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Resul
     let cpu_before = args.server_pid.and_then(cpu_secs);
     // A little lead, so that the first message is not late already.
     let publish_start_us = micros(shared.start) + 5_000;
-    let hard_stop = shared.start
-        + Duration::from_micros(publish_start_us)
-        + Duration::from_secs_f64(args.duration + args.drain_timeout.max(0.0));
-    // The probe runs on a thread and runtime of its own, so that what it
-    // measures is the server, not the load generator's own busy runtime.
-    let probing = tokio_util::sync::CancellationToken::new();
-    let prober = {
-        let (addr, stop) = (addr.to_string(), probing.clone());
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|rt| rt.block_on(probe_loop(addr, proto, stop)))
-                .unwrap_or_default()
-        })
-    };
-    let mut pubs = Vec::with_capacity(np);
-    for (p, w) in writers.into_iter().enumerate() {
-        let plan = Plan {
-            p,
-            start_us: publish_start_us,
-            rate: args.rate,
-            count: per_publisher,
-            channel: args.channel.clone(),
-            hard_stop,
-        };
-        pubs.push(tokio::spawn(publish(w, plan, shared.clone())));
-    }
-    let mut lag_us = 0;
-    let mut publish_end_us = publish_start_us;
-    let mut finished_publishing = true;
-    let mut keep_writers = Vec::new();
-    for t in pubs {
-        match t.await {
-            Ok(out) => {
-                lag_us = lag_us.max(out.lag_us);
-                publish_end_us = publish_end_us.max(out.end_us);
-                if !out.complete {
-                    finished_publishing = false;
-                }
-                // Kept open until the end: closing a publisher's socket
-                // early could make some servers drop what it still holds.
-                keep_writers.push(out.writer);
-            }
-            Err(_) => finished_publishing = false,
-        }
-    }
-    probing.cancel();
-    let probe_times = tokio::task::spawn_blocking(move || prober.join().unwrap_or_default())
-        .await
-        .unwrap_or_default();
-    report.probes = probe_times.len() as u64;
-    let mut answered: Vec<f64> = probe_times.into_iter().flatten().collect();
-    report.probes_failed = report.probes - answered.len() as u64;
-    answered.sort_by(f64::total_cmp);
-    if let Some(&max) = answered.last() {
-        report.probe_ms_max = max;
-        report.probe_ms_p50 = answered[(answered.len() - 1) / 2];
-    }
+    let probe = Probe::start(addr, proto);
+    let published = publish_all(args, &shared, writers, publish_start_us).await;
+    report.add_probes(probe.stop().await);
     let sent: Vec<u64> = shared
         .sent
         .iter()
         .map(|s| s.load(Ordering::Acquire))
         .collect();
-    let messages_sent: u64 = sent.iter().sum();
-    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout.max(0.0));
-    let everything = |tallies: &[Arc<Mutex<Tally>>]| {
-        tallies.iter().all(|t| {
-            let t = t.lock().unwrap();
-            t.closed || t.next.iter().zip(&sent).all(|(got, sent)| got >= sent)
-        })
-    };
-    // `done` counts subscribers with every scheduled message; the full
-    // check also covers publishers that sent fewer.
-    let drained = wait_until(&shared.notify, drain_deadline, || {
-        shared.done.load(Ordering::Acquire) >= n || everything(&tallies)
-    })
-    .await;
+    let drained = drain(args, &shared, &tallies, &sent).await;
     let end_us = micros(shared.start);
     let cpu_after = args.server_pid.and_then(cpu_secs);
     if let Some(perf) = perf {
@@ -413,53 +276,25 @@ pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Resul
     for t in &tasks {
         t.abort();
     }
-    drop(keep_writers);
+    drop(published.writers);
 
     // The report.
+    let messages_sent: u64 = sent.iter().sum();
     report.messages_sent = messages_sent;
     let publish_secs =
-        ((publish_end_us.saturating_sub(publish_start_us)) as f64 / 1e6).max(args.duration);
+        ((published.end_us.saturating_sub(publish_start_us)) as f64 / 1e6).max(args.duration);
     report.achieved_publish_per_sec = messages_sent as f64 / publish_secs;
     report.achieved_publish_pct = 100.0 * report.achieved_publish_per_sec / (np as f64 * args.rate);
-    report.publisher_lag_ms_max = lag_us as f64 / 1e3;
+    report.publisher_lag_ms_max = published.lag_us as f64 / 1e3;
     report.publishers_disconnected = shared.pubs_closed.load(Ordering::Acquire) as u64;
     report.measured_secs = end_us.saturating_sub(publish_start_us) as f64 / 1e6;
     report.deliveries_expected = messages_sent * n as u64;
-    let mut hist = Histogram::<u64>::new(3).expect("histogram");
-    for t in &tallies {
-        let t = t.lock().unwrap();
-        hist.add(&t.hist).expect("same histogram bounds");
-        report.deliveries += t.got;
-        report.out_of_order += t.out_of_order;
-        report.corrupted += t.corrupted;
-        let unseen: u64 = t
-            .next
-            .iter()
-            .zip(&sent)
-            .map(|(got, sent)| sent.saturating_sub(*got))
-            .sum();
-        if t.closed {
-            report.disconnected += 1;
-            report.lost_to_disconnects += t.lost + unseen;
-            let why = t.last_error.clone().unwrap_or_else(|| "(none)".into());
-            *report.disconnect_reasons.entry(why).or_default() += 1;
-        } else {
-            report.lost += t.lost + unseen;
-        }
-    }
-    if report.deliveries_expected > 0 {
-        report.delivered_pct = 100.0 * report.deliveries as f64 / report.deliveries_expected as f64;
-    }
+    report.add_tallies(&tallies, &sent);
     let last = shared.last_delivery_us.load(Ordering::Acquire);
     if last > publish_start_us {
         report.deliveries_per_sec =
             report.deliveries as f64 / ((last - publish_start_us) as f64 / 1e6);
     }
-    report.latency_us_p50 = hist.value_at_quantile(0.50);
-    report.latency_us_p90 = hist.value_at_quantile(0.90);
-    report.latency_us_p99 = hist.value_at_quantile(0.99);
-    report.latency_us_p999 = hist.value_at_quantile(0.999);
-    report.latency_us_max = hist.max();
     if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
         let cpu = (a - b).max(0.0);
         report.server_cpu_secs = Some(cpu);
@@ -475,7 +310,7 @@ pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Resul
             report.write_syscalls_per_delivery = Some(w as f64 / report.deliveries as f64);
         }
     }
-    if !finished_publishing {
+    if !published.complete {
         report.notes.push(format!(
             "the publishers could not write every scheduled message within duration + drain timeout \
              ({messages_sent} of {} written)",
@@ -488,6 +323,6 @@ pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Resul
             args.drain_timeout
         ));
     }
-    report.stalled = !finished_publishing || !drained;
+    report.stalled = !published.complete || !drained;
     Ok(report)
 }

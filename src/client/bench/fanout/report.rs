@@ -1,8 +1,12 @@
 //! What an open-loop run measured, and how it reads for people.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use super::Tally;
 
 /// What a fan-out run measured.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -79,6 +83,54 @@ pub struct FanoutReport {
 }
 
 impl FanoutReport {
+    /// Adds the probe's answer times (ms; `None` for no answer).
+    pub(super) fn add_probes(&mut self, times: Vec<Option<f64>>) {
+        self.probes = times.len() as u64;
+        let mut answered: Vec<f64> = times.into_iter().flatten().collect();
+        self.probes_failed = self.probes - answered.len() as u64;
+        answered.sort_by(f64::total_cmp);
+        if let Some(&max) = answered.last() {
+            self.probe_ms_max = max;
+            self.probe_ms_p50 = answered[(answered.len() - 1) / 2];
+        }
+    }
+
+    /// Adds up every subscriber's tally against what each publisher
+    /// `sent`: deliveries, damage, losses (apart for subscribers the
+    /// server closed, with why), and latency.
+    pub(super) fn add_tallies(&mut self, tallies: &[Arc<Mutex<Tally>>], sent: &[u64]) {
+        let mut hist = Histogram::<u64>::new(3).expect("histogram");
+        for t in tallies {
+            let t = t.lock().unwrap();
+            hist.add(&t.hist).expect("same histogram bounds");
+            self.deliveries += t.got;
+            self.out_of_order += t.out_of_order;
+            self.corrupted += t.corrupted;
+            let unseen: u64 = t
+                .next
+                .iter()
+                .zip(sent)
+                .map(|(got, sent)| sent.saturating_sub(*got))
+                .sum();
+            if t.closed {
+                self.disconnected += 1;
+                self.lost_to_disconnects += t.lost + unseen;
+                let why = t.last_error.clone().unwrap_or_else(|| "(none)".into());
+                *self.disconnect_reasons.entry(why).or_default() += 1;
+            } else {
+                self.lost += t.lost + unseen;
+            }
+        }
+        if self.deliveries_expected > 0 {
+            self.delivered_pct = 100.0 * self.deliveries as f64 / self.deliveries_expected as f64;
+        }
+        self.latency_us_p50 = hist.value_at_quantile(0.50);
+        self.latency_us_p90 = hist.value_at_quantile(0.90);
+        self.latency_us_p99 = hist.value_at_quantile(0.99);
+        self.latency_us_p999 = hist.value_at_quantile(0.999);
+        self.latency_us_max = hist.max();
+    }
+
     /// The human summary.
     pub fn human(&self) -> String {
         use std::fmt::Write as _;
