@@ -24,13 +24,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Nothing from the machine's IMD_*/IMC_* settings (IMD_REDIS would make
+# this a cluster run, IMC_NAME would rename every imc below).
+for var in $(compgen -e); do
+    case $var in IMD_* | IMC_*) unset "$var" ;; esac
+done
 export HOME=$work IMC_HISTORY=$work/history NO_COLOR=1 IMC_TIMEOUT=10
 
 step() { printf '\n== %s\n' "$*"; }
+# fail writes to the script's own stderr (fd 3), so a step that sends a
+# command's stderr to a file (expect_status ... 2>FILE) cannot hide it.
+exec 3>&2
 fail() {
-    echo "FAIL: $*" >&2
-    echo "--- imd log ---" >&2
-    cat "$work/imd.log" >&2 || true
+    echo "FAIL: $*" >&3
+    echo "--- imd log ---" >&3
+    cat "$work/imd.log" >&3 || true
     exit 1
 }
 # expect_status WANT CMD...: runs CMD, fails unless it exits WANT.
@@ -85,12 +93,22 @@ wait_online bob
 wait "$bob_pid" || fail "bob's listen exited $?"
 grep -qx '\*alice\* psst from ci' "$work/bob.txt" || fail "bob got: $(cat "$work/bob.txt")"
 expect_status 1 "$IMC" whisper nobody hi 2>"$work/err.txt"
-grep -q "no user named 'nobody' is online" "$work/err.txt" || fail "reason: $(cat "$work/err.txt")"
+grep -qF "(no-such-user)" "$work/err.txt" || fail "reason: $(cat "$work/err.txt")"
 
-step "imc who --json and rename"
-"$IMC" who --json | python3 -c 'import json,sys; assert json.load(sys.stdin) == [], "nobody else online"'
+step "imc who --json and rename, seen by a user online"
+"$IMC" --name roster listen --count 1 >"$work/roster.txt" &
+r_pid=$!
+wait_online roster
+"$IMC" who --json | python3 -c 'import json,sys; assert json.load(sys.stdin) == ["roster"]' ||
+    fail "who --json does not list exactly roster"
 "$IMC" rename ci-check | grep -qx 'you are now ci-check' || fail "rename output"
-expect_status 1 "$IMC" rename 'bad name' 2>/dev/null
+expect_status 1 "$IMC" rename 'bad name' 2>"$work/err.txt"
+grep -qF "(bad-name)" "$work/err.txt" || fail "reason: $(cat "$work/err.txt")"
+"$IMC" --name fence send "roster fence"
+wait "$r_pid" || fail "roster's listen exited $?"
+grep -q ' is now known as ci-check$' "$work/roster.txt" || fail "roster saw: $(cat "$work/roster.txt")"
+! grep -q 'bad name' "$work/roster.txt" || fail "a refused rename was announced: $(cat "$work/roster.txt")"
+grep -qx '<fence> roster fence' "$work/roster.txt" || fail "roster saw: $(cat "$work/roster.txt")"
 
 step "scripts/notify.sh posts a command's output"
 "$IMC" --name notices listen --count 3 >"$work/notices.txt" &
@@ -129,7 +147,11 @@ step "bench, tiny configuration (figures not asserted)"
 
 step "scripts/demo.sh runs its own server"
 scripts/demo.sh >"$work/demo.txt" || fail "demo exited $?"
-grep -q 'alice' "$work/demo.txt" || fail "demo output"
+# What carol saw (indented), not the demo's own "== alice says" banners.
+for want in '    <alice> hello everyone' '    *** alice is now known as alicia' \
+    '    <bob> hi alice, welcome' '    *bob* psst, lunch at noon?' '    <alice> bye all'; do
+    grep -qxF -- "$want" "$work/demo.txt" || fail "demo: no '$want' in: $(cat "$work/demo.txt")"
+done
 
 step "SIGTERM: graceful shutdown, exit 0, a stopped server gives exit 3"
 "$IMC" --name last listen >"$work/last.txt" &

@@ -296,8 +296,9 @@ fn who_without(c: &mut LineClient, forbidden: &str) -> Vec<String> {
     }
 }
 
-/// Above `--presence-limit` users online, joins, renames and leaves are not
-/// announced while `who` stays exact; back at the limit, they are again.
+/// Presence notices at the exact boundary of `--presence-limit` (2 here):
+/// with 2 online, a join, a rename and a leave are announced; with 3 online
+/// (one over), none is, while `who` stays exact; back at 2, they are again.
 #[test]
 fn presence_notices_stop_above_the_limit() {
     let srv = TestServer::with_config(Config {
@@ -305,22 +306,30 @@ fn presence_notices_stop_above_the_limit() {
         ..test_config()
     });
     let mut alice = srv.client("alice");
-    let bob = srv.client("bob"); // 2 online: announced
+    let mut bob = srv.client("bob"); // 2 online: announced
     alice.expect(r"^\*\*\* \S+ is now known as bob$");
+    bob.send("rename|bobby"); // 2 online: announced
+    alice.expect(r"^\*\*\* bob is now known as bobby$");
     let mut carol = srv.client("carol"); // 3 online: silent
+    carol.send("rename|caroline"); // 3 online: silent
+    carol.expect("^ok rename: you are now caroline$");
+    bob.send("rename|bob"); // 3 online: silent
+    bob.expect("^ok rename: you are now bob$");
     carol.send("fence");
-    alice.expect_none_before(r"^\*\*\* ", "^<carol> fence$");
+    alice.expect_none_before(r"^\*\*\* ", "^<caroline> fence$");
     assert_eq!(
         who_without(&mut alice, r"^\*\*\* "),
-        ["alice", "bob", "carol"]
+        ["alice", "bob", "caroline"]
     );
     carol.quit(); // leaving a room of 3: silent
     let deadline = std::time::Instant::now() + EXPECT_TIMEOUT;
     while who_without(&mut alice, r"^\*\*\* ").len() != 2 {
         assert!(std::time::Instant::now() < deadline, "carol never left who");
     }
-    bob.quit(); // leaving a room of 2: announced again
-    alice.expect_none_before("carol", r"^\*\*\* bob is offline \(quit\)$");
+    bob.send("rename|bobby"); // 2 online again: announced
+    assert_eq!(any_line(&mut alice), "*** bob is now known as bobby");
+    bob.quit(); // leaving a room of 2: announced
+    alice.expect_none_before("carol", r"^\*\*\* bobby is offline \(quit\)$");
 }
 
 /// A client whose connection is reset (RST, not a clean close) leaves, and
@@ -409,7 +418,7 @@ fn slow_reader_is_waited_for_not_cut_off() {
     let srv = TestServer::with_config(Config {
         queue_bytes: 64 * 1024,
         // A loaded test machine can deschedule a healthy reader for longer
-        // than the 250 ms production default; this test is about waiting
+        // than the 1 s production default; this test is about waiting
         // for a reader that reads, not about that bound.
         stall_timeout: Duration::from_secs(5),
         ..test_config()

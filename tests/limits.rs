@@ -211,3 +211,73 @@ fn send_until_cut(sender: &mut LineClient, victim: &str, most: usize) -> usize {
     }
     panic!("{victim} not cut after {most} lines");
 }
+
+/// A reader that keeps reading, slower than a flooding sender, is never cut
+/// as too slow: the sender is slowed to its pace and it gets every line in
+/// order. Linux reports a large send buffer (4 MB) writable only once about
+/// a third of it is free: this reader, at about 3 MB/s, needs some 400 ms
+/// for that, so with a 250 ms stall bound "a write waited that long" alone
+/// would call it frozen. The acknowledgements it sends meanwhile show it is
+/// reading.
+#[test]
+fn a_reader_slower_than_a_flood_but_reading_is_not_cut() {
+    let srv = TestServer::with_config(Config {
+        stall_timeout: Duration::from_millis(250),
+        ..test_config()
+    });
+    let mut reader = srv.client("reader");
+    let flooder = srv.client("flooder");
+    // 120-byte lines: 7 MB, more than the socket buffers (the sending one
+    // grows to 4 MB) and the 1 MiB queue hold together.
+    const LINES: usize = 60_000;
+    let line = |i: usize| format!("{i:08} {}", "x".repeat(110));
+    // The flooder writes everything as fast as its socket takes it, and
+    // reads its own lines back on another thread so it is not the slow one.
+    let mut out = flooder.stream().try_clone().unwrap();
+    let mut echo = flooder.stream().try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        for i in 0..LINES {
+            buf.extend_from_slice(line(i).as_bytes());
+            buf.push(b'\n');
+            if buf.len() > 64 * 1024 {
+                std::io::Write::write_all(&mut out, &buf).unwrap();
+                buf.clear();
+            }
+        }
+        std::io::Write::write_all(&mut out, &buf).unwrap();
+    });
+    let drain = std::thread::spawn(move || {
+        let mut sink = [0u8; 1 << 16];
+        while matches!(echo.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    // The reader: 64 KiB every 20 ms at most, steadily.
+    let mut s = reader.stream().try_clone().unwrap();
+    s.set_read_timeout(Some(EXPECT_TIMEOUT)).unwrap();
+    let mut pending = Vec::new();
+    let mut next = 0;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while next < LINES {
+        std::thread::sleep(Duration::from_millis(20)); // the reader's pace
+        let n = s.read(&mut chunk).expect("reader still connected");
+        assert!(n > 0, "reader cut after {next} of {LINES} lines");
+        pending.extend_from_slice(&chunk[..n]);
+        let complete = pending
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        for got in String::from_utf8_lossy(&pending[..complete]).lines() {
+            if let Some(text) = got.strip_prefix("<flooder> ") {
+                assert_eq!(text, line(next), "lost or reordered");
+                next += 1;
+            } else {
+                assert!(!got.contains("reader is offline"), "{got}");
+            }
+        }
+        pending.drain(..complete);
+    }
+    writer.join().unwrap();
+    assert_eq!(reader.who(), vec!["flooder", "reader"]);
+    flooder.quit(); // ends the echo drain's read
+    drain.join().unwrap();
+}

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::imd_command;
+
 fn dist(file: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("dist")
@@ -29,10 +31,7 @@ fn assignments(text: &str) -> HashMap<String, String> {
 /// documents (or RUST_LOG), so a typo cannot silently do nothing.
 #[test]
 fn the_environment_file_sets_only_what_imd_reads() {
-    let help = Command::new(assert_cmd::cargo::cargo_bin("imd"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let help = imd_command().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     let env = assignments(&dist("imd.env"));
     assert!(env.contains_key("IMD_MAX_CONNECTIONS"), "{env:?}");
@@ -111,7 +110,7 @@ fn json_logs_are_one_object_a_line() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("imd.log");
-    let mut imd = Command::new(assert_cmd::cargo::cargo_bin("imd"))
+    let mut imd = imd_command()
         .args(["--ip", "127.0.0.1", "--port", "0", "--log-format", "json"])
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())

@@ -43,7 +43,7 @@ async fn idle_user_is_told_and_disconnected() {
     let welcome = sleepy.next_line().await.unwrap().unwrap();
     let sleepy_name = welcome.split(' ').nth(4).unwrap().to_string();
     let (mut chatty, mut cw) = lines(addr).await;
-    chatty.next_line().await.unwrap().unwrap(); // welcome
+    let chatty_welcome = chatty.next_line().await.unwrap().unwrap();
     assert!(sleepy
         .next_line()
         .await
@@ -71,6 +71,18 @@ async fn idle_user_is_told_and_disconnected() {
             break;
         }
     }
+    // Chatty, who spoke 100 s ago, is still connected and served (a clock
+    // that talking did not reset would have cut it at 300 s too).
+    cw.write_all(b"who\n").await.unwrap();
+    let chatty_name = chatty_welcome.split(' ').nth(4).unwrap().to_string();
+    assert_eq!(
+        chatty.next_line().await.unwrap().unwrap(),
+        format!("who {chatty_name}")
+    );
+    assert_eq!(
+        chatty.next_line().await.unwrap().unwrap(),
+        "ok who: 1 online"
+    );
 }
 
 /// With the idle timeout off (0 on the command line), a silent user stays

@@ -16,6 +16,11 @@ struct Tty {
 
 impl Tty {
     fn start(srv: &TestServer, args: &[&str]) -> Tty {
+        Tty::start_env(srv, args, &[])
+    }
+
+    /// [`Tty::start`] with extra environment variables.
+    fn start_env(srv: &TestServer, args: &[&str], env: &[(&str, &str)]) -> Tty {
         let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_drive.py");
         let mut child = Command::new("python3")
             .arg(driver)
@@ -28,6 +33,7 @@ impl Tty {
             .env("TERM", "xterm")
             .env("IMC_IP", srv.addr().ip().to_string())
             .env("IMC_PORT", srv.port().to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -55,6 +61,40 @@ impl Tty {
 
     fn typed(&mut self, text: &str) {
         assert_eq!(self.cmd(&format!("type {text}")), "ok");
+    }
+
+    /// Presses keys without Enter; `keys` uses Python escapes (`\\t`).
+    fn keys(&mut self, keys: &str) {
+        assert_eq!(self.cmd(&format!("keys {keys}")), "ok");
+    }
+
+    /// From the menu into public talk (menu 1).
+    fn open_public_talk(&mut self) {
+        self.expect("menu> ");
+        self.typed("1");
+        self.expect("public> ");
+    }
+
+    /// Waits until imc has shown `confirmation` for the line just sent
+    /// and is back at `prompt`: keys pressed before rustyline has the
+    /// terminal again would reach the kernel's line editing instead
+    /// (Ctrl-D there is lost).
+    fn confirmed(&mut self, confirmation: &str, prompt: &str) {
+        self.expect(confirmation);
+        self.expect(prompt);
+    }
+
+    /// `exit` leaves public talk, then Ctrl-D at the menu: exit 0.
+    fn leave_and_quit(&mut self) {
+        self.typed("exit");
+        self.expect("menu> ");
+        self.quit_at_menu();
+    }
+
+    /// Ctrl-D at the menu: imc exits 0.
+    fn quit_at_menu(&mut self) {
+        assert_eq!(self.cmd("ctrl-d"), "ok");
+        assert_eq!(self.cmd("wait"), "exit 0");
     }
 }
 
@@ -100,4 +140,81 @@ fn ctrl_d_at_the_menu_exits() {
     tty.expect("menu> ");
     assert_eq!(tty.cmd("ctrl-d"), "ok");
     assert_eq!(tty.cmd("wait"), "exit 0");
+}
+
+/// Tab completes an online name when private talk asks for one.
+#[test]
+fn tab_completes_an_online_name() {
+    let srv = TestServer::start();
+    let mut bob = srv.client("bob");
+    let mut tty = Tty::start(&srv, &["--name", "alice"]);
+    tty.expect("menu> ");
+    tty.typed("2");
+    tty.expect("to whom> ");
+    tty.keys(r"bo\t\r");
+    tty.expect("to bob> ");
+    tty.typed("completed");
+    bob.expect(r"^\*alice\* completed$");
+    tty.confirmed("ok to bob: completed", "to bob> ");
+    tty.keys(r"\x04");
+    tty.expect("menu> ");
+    tty.quit_at_menu();
+}
+
+/// A line sent in one run is recalled with Up in the next (history kept
+/// in IMC_HISTORY across runs).
+#[test]
+fn history_is_recalled_in_the_next_run() {
+    let srv = TestServer::start();
+    let mut bob = srv.client("bob");
+    for run in 0..2 {
+        let mut tty = Tty::start(&srv, &["--name", "alice"]);
+        tty.open_public_talk();
+        if run == 0 {
+            tty.typed("worth repeating");
+        } else {
+            tty.keys(r"\x1b[A\r");
+        }
+        bob.expect_next("^<alice> worth repeating$");
+        tty.confirmed("<alice> worth repeating", "public> ");
+        tty.leave_and_quit();
+        bob.expect(r"^\*\*\* alice is offline \(quit\)$");
+    }
+}
+
+/// `IMC_HISTORY=""` keeps no history: nothing is written anywhere in HOME.
+#[test]
+fn empty_imc_history_keeps_none() {
+    let srv = TestServer::start();
+    let mut bob = srv.client("bob");
+    let mut tty = Tty::start_env(&srv, &["--name", "alice"], &[("IMC_HISTORY", "")]);
+    tty.open_public_talk();
+    tty.typed("not to be kept");
+    bob.expect("^<alice> not to be kept$");
+    tty.confirmed("<alice> not to be kept", "public> ");
+    tty.leave_and_quit();
+    let files: Vec<_> = std::fs::read_dir(srv.home())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(files.is_empty(), "{files:?}");
+}
+
+/// Inside a mode, Ctrl-C cancels the line being typed (nothing is sent,
+/// the mode goes on) and Ctrl-D leaves the mode for the menu.
+#[test]
+fn ctrl_c_and_ctrl_d_inside_a_mode() {
+    let srv = TestServer::start();
+    let mut bob = srv.client("bob");
+    let mut tty = Tty::start(&srv, &["--name", "alice"]);
+    tty.open_public_talk();
+    tty.keys(r"half typed\x03");
+    tty.expect("public> ");
+    tty.typed("whole line");
+    bob.expect(r"^\*\*\* \S+ is now known as alice$");
+    bob.expect_next("^<alice> whole line$");
+    tty.confirmed("<alice> whole line", "public> ");
+    tty.keys(r"\x04");
+    tty.expect("menu> ");
+    tty.quit_at_menu();
 }

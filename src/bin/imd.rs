@@ -49,10 +49,11 @@ struct Args {
     /// users are online (each join told to everyone costs N² lines).
     #[arg(long, env = "IMD_PRESENCE_LIMIT", default_value_t = 1000)]
     presence_limit: u64,
-    /// Milliseconds a reader's socket may refuse data (a write waiting on a
-    /// full socket) before it counts as not reading: senders stop waiting
-    /// for it and it is cut off once its queue is full.
-    #[arg(long, env = "IMD_STALL_MS", default_value_t = 250)]
+    /// Milliseconds a reader may take no data at all (a write waiting on a
+    /// full socket, and the peer acknowledging nothing) before it counts as
+    /// not reading: senders stop waiting for it and it is cut off once its
+    /// queue is full.
+    #[arg(long, env = "IMD_STALL_MS", default_value_t = 1000)]
     stall_ms: u64,
     /// Join a cluster of imd nodes through this Redis (redis://HOST:PORT).
     /// Without it, imd is a single node and never touches Redis.

@@ -35,9 +35,12 @@ pub struct Config {
     /// Backpressure: a sender whose line left a reader's queue over half
     /// full waits (without reading more) until that queue drains, so a
     /// flooding sender is slowed to its slowest reader's pace rather than
-    /// the reader being cut off. Only readers that completed a write within
-    /// this time are waited for; a frozen one holds nobody up and is cut off
-    /// when its queue is full.
+    /// the reader being cut off. A reader counts as not reading, and then
+    /// holds nobody up and is cut once its queue is full, when a write to
+    /// it has waited this long with the peer acknowledging no data at all.
+    /// 1 s: on loopback the acknowledgements of a reader taking 1 MB/s come
+    /// in steps of about 200 KB, up to a quarter second apart, so a shorter
+    /// bound would call slow but steady readers frozen.
     pub stall_timeout: Duration,
     /// How long a closing connection may take to flush its queue, at
     /// shutdown or after an idle kick, before it is dropped.
@@ -54,7 +57,7 @@ impl Default for Config {
             max_connections: 10_000,
             presence_limit: 1000,
             shutdown_grace: Duration::from_secs(5),
-            stall_timeout: Duration::from_millis(250),
+            stall_timeout: Duration::from_millis(1000),
         }
     }
 }

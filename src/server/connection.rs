@@ -50,6 +50,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, NoSuchUser, RenameError, User};
+use super::outbox::PeerSocket;
 use crate::protocol::codec::{Frame, FrameError, LineCodec};
 use crate::protocol::{encode_public, visible, Command, ErrorCode, LeaveReason, ServerLine};
 
@@ -62,36 +63,6 @@ const MAX_READ: usize = 16 * 1024;
 /// A batch of public lines is broadcast once it holds this many bytes.
 const BATCH_BYTES: usize = 16 * 1024;
 
-/// The writing half of a client's connection, which [`serve`] can reset.
-///
-/// A user cut off for not reading has up to `--queue-bytes` we stopped
-/// writing plus a full socket buffer (megabytes) that the kernel would go
-/// on trying to send after a normal close, for minutes, to a peer that is
-/// not reading. Resetting the connection instead frees that memory at once;
-/// the user was cut anyway.
-pub trait Resettable {
-    /// Makes the connection's close a reset that discards unsent data.
-    fn reset_on_close(&self) {}
-}
-
-impl Resettable for tokio::net::tcp::OwnedWriteHalf {
-    fn reset_on_close(&self) {
-        // SO_LINGER with a zero timeout: close() sends a reset and frees
-        // both socket buffers. The close itself happens when the reading
-        // half is dropped too, as the session ends.
-        let sock = socket2::SockRef::from(self.as_ref());
-        if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
-            tracing::debug!("cannot reset a cut connection: {e}");
-        }
-    }
-}
-
-/// In-memory writers (tests, benches) have nothing to free.
-impl Resettable for tokio::io::Sink {}
-impl Resettable for tokio::io::DuplexStream {}
-#[cfg(test)]
-impl Resettable for tokio_test::io::Mock {}
-
 /// Serves one client until it leaves, is cut off, or the server shuts down.
 /// Everything the connection owns is released when this returns.
 pub async fn serve<R, W>(
@@ -102,7 +73,26 @@ pub async fn serve<R, W>(
     shutdown: CancellationToken,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Resettable + Unpin + Send + 'static,
+    W: AsyncWrite + PeerSocket + Unpin + Send + 'static,
+{
+    serve_in_slot(reader, writer, addr, hub, shutdown, ()).await
+}
+
+/// [`serve`], holding `slot` (the server's connection-limit permit) while
+/// the user is online. The slot is given back as the user leaves, before
+/// anyone is told: a client that sees `NAME is offline` and connects again
+/// must not be refused as `server-full` because the old connection's writer
+/// is still flushing its last lines (that takes at most `shutdown_grace`).
+pub async fn serve_in_slot<R, W, S>(
+    reader: R,
+    writer: W,
+    addr: SocketAddr,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+    slot: S,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + PeerSocket + Unpin + Send + 'static,
 {
     let (user, drain) = hub.new_user(addr);
     let writer = tokio::spawn(async move {
@@ -126,6 +116,7 @@ pub async fn serve<R, W>(
     };
     let reason = conn.read_loop(reader, &shutdown).await;
     let Connection { name, user, .. } = conn;
+    drop(slot);
     hub.leave(&name, &user, reason).await;
     match reason {
         LeaveReason::TooSlow => {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::cluster::Cluster;
-use super::connection::serve;
+use super::connection::serve_in_slot;
 use super::hub::Hub;
 use super::Config;
 use crate::net::keep_alive;
@@ -80,8 +80,7 @@ pub async fn run_in_cluster(
                 let stop = stop.clone();
                 tracker.spawn(async move {
                     let (r, w) = stream.into_split();
-                    serve(r, w, addr, hub, stop).await;
-                    drop(permit);
+                    serve_in_slot(r, w, addr, hub, stop, permit).await;
                 });
             }
             Err(_) => {

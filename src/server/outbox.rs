@@ -14,8 +14,10 @@
 //!   ([`Outbox::wait_for_room`]) before their next line is read, so overload slows
 //!   the publishers, and the reader is never cut for it.
 //! - **The reader is not taking data**: a write to its socket has been
-//!   waiting on a full socket buffer for longer than `stall` (the writer
-//!   marks the moment a write could not complete, [`Outbox::frozen`]). Then
+//!   waiting on a full socket buffer for longer than `stall` with the peer
+//!   acknowledging nothing meanwhile (the writer marks the moment a write
+//!   could not complete and restarts the clock whenever it sees the
+//!   socket's unacknowledged bytes shrink, [`Outbox::frozen`]). Then
 //!   nobody waits for it; its queue fills to the limit and it is cut off
 //!   (its connection ends and everyone is told it went offline as "too
 //!   slow").
@@ -56,6 +58,63 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// every line so that a queue of short lines is bounded by what it really
 /// takes, not by its text alone (1 MiB of 20-byte lines is 2.6 MiB).
 pub const LINE_COST: usize = 32;
+
+/// The socket under a user's connection, as far as the writer needs it
+/// beyond writing to it. In-memory writers (tests, benches) know nothing and
+/// do nothing.
+pub trait PeerSocket {
+    /// Bytes written to the socket that the peer has not acknowledged yet,
+    /// if known. While a write waits on a full socket, this shrinking is
+    /// the proof that the reader is taking data.
+    fn unacked(&self) -> Option<usize> {
+        None
+    }
+
+    /// Makes the connection's close a reset that discards unsent data.
+    ///
+    /// A user cut off for not reading has up to `--queue-bytes` we stopped
+    /// writing plus a full socket buffer (megabytes) that the kernel would
+    /// go on trying to send after a normal close, for minutes, to a peer
+    /// that is not reading. A reset frees that memory at once; the user was
+    /// cut anyway.
+    fn reset_on_close(&self) {}
+}
+
+impl<T: PeerSocket + ?Sized> PeerSocket for &mut T {
+    fn unacked(&self) -> Option<usize> {
+        (**self).unacked()
+    }
+    fn reset_on_close(&self) {
+        (**self).reset_on_close()
+    }
+}
+
+impl PeerSocket for tokio::net::tcp::OwnedWriteHalf {
+    #[cfg(target_os = "linux")]
+    fn unacked(&self) -> Option<usize> {
+        use std::os::fd::AsRawFd;
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int through the pointer;
+        // the descriptor is a live TCP socket borrowed from `self`.
+        let r = unsafe { libc::ioctl(self.as_ref().as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        (r == 0).then_some(n as usize)
+    }
+
+    fn reset_on_close(&self) {
+        // SO_LINGER with a zero timeout: close() sends a reset and frees
+        // both socket buffers. The close itself happens when the reading
+        // half is dropped too, as the session ends.
+        let sock = socket2::SockRef::from(self.as_ref());
+        if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
+            tracing::debug!("cannot reset a cut connection: {e}");
+        }
+    }
+}
+
+impl PeerSocket for tokio::io::Sink {}
+impl PeerSocket for tokio::io::DuplexStream {}
+#[cfg(test)]
+impl PeerSocket for tokio_test::io::Mock {}
 
 /// All the output queued on one server, bounded in total (see
 /// [`crate::server::Config::max_queued_bytes`]). Every [`Outbox`] charges
@@ -311,7 +370,8 @@ impl Outbox {
     }
 
     /// True when the reader is not taking data: a write to its socket has
-    /// been waiting on a full socket buffer for at least `stall`. A writer
+    /// been waiting on a full socket buffer for at least `stall`, with no
+    /// data acknowledged by the peer meanwhile. A writer
     /// that is merely behind (not yet scheduled, or writing as fast as it
     /// runs) is never frozen.
     pub fn frozen(&self) -> bool {
@@ -361,7 +421,7 @@ impl Drain {
     /// not hold anything up). The caller bounds the final flush in time, so
     /// a frozen client cannot stall a graceful shutdown. Returns true if it
     /// stopped because the outbox was cut.
-    pub async fn write_to<W: AsyncWrite + Unpin>(self, mut w: W) -> bool {
+    pub async fn write_to<W: AsyncWrite + PeerSocket + Unpin>(self, mut w: W) -> bool {
         let st = &self.state;
         let cut = st.cut.clone();
         let mut batch: VecDeque<Bytes> = VecDeque::new();
@@ -426,25 +486,53 @@ impl Drain {
 /// Writes all of `buf`, recording in `st` when the socket first refuses
 /// data (so a reader that stops taking data can be told from a writer that
 /// is merely behind) and clearing that once the whole buffer is written.
-async fn write_all_marking<W: AsyncWrite + Unpin>(
+///
+/// A refused write alone does not prove the reader stopped: Linux reports a
+/// large send buffer (it grows to 4 MB) writable again only once about a
+/// third of it is free, which a reader taking 1 MB/s needs over a second
+/// to free. So while a write waits, the socket is looked at every quarter
+/// of `stall`: if the peer acknowledged data since the last look, the
+/// reader is taking it and the stall clock starts again.
+async fn write_all_marking<W: AsyncWrite + PeerSocket + Unpin>(
     st: &State,
     w: &mut W,
     buf: &[u8],
 ) -> std::io::Result<()> {
+    let every = (st.stall / 4).max(Duration::from_millis(1));
     let mut done = 0;
+    // While the socket refuses data: when to look at it next, and what it
+    // held unacknowledged at the last look.
+    let mut probe: Option<(Pin<Box<tokio::time::Sleep>>, Option<usize>)> = None;
     while done < buf.len() {
-        let n = poll_fn(|cx| match Pin::new(&mut *w).poll_write(cx, &buf[done..]) {
-            Poll::Pending => {
-                if st.blocked_since_ms.load(Ordering::Acquire) == 0 {
-                    st.blocked_since_ms.store(st.now_ms(), Ordering::Release);
-                    // Waiting senders learn when the stall clock started.
-                    st.progress.notify_waiters();
-                }
-                Poll::Pending
+        let step = poll_fn(|cx| {
+            if let Poll::Ready(r) = Pin::new(&mut *w).poll_write(cx, &buf[done..]) {
+                return Poll::Ready(Some(r));
             }
-            ready => ready,
+            if st.blocked_since_ms.load(Ordering::Acquire) == 0 {
+                st.blocked_since_ms.store(st.now_ms(), Ordering::Release);
+                // Waiting senders learn when the stall clock started.
+                st.progress.notify_waiters();
+            }
+            let (look, _) =
+                probe.get_or_insert_with(|| (Box::pin(tokio::time::sleep(every)), w.unacked()));
+            std::future::Future::poll(look.as_mut(), cx).map(|()| None)
         })
-        .await?;
+        .await;
+        let n = match step {
+            Some(written) => written?,
+            None => {
+                if let Some((look, before)) = probe.as_mut() {
+                    let now = w.unacked();
+                    if matches!((*before, now), (Some(b), Some(n)) if n < b) {
+                        st.blocked_since_ms.store(st.now_ms(), Ordering::Release);
+                        st.progress.notify_waiters();
+                    }
+                    *before = now;
+                    look.as_mut().reset(Instant::now() + every);
+                }
+                continue;
+            }
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

@@ -6,7 +6,7 @@
 //!   [`TestServer::start_binary`] runs the real `imd` binary and reads its
 //!   `imd listening on` line. Both stop when dropped.
 //! - [`LineClient`] is a plain TCP socket speaking PROTOCOL.md: `send`,
-//!   `expect(regex)` with a timeout, `expect_silence(duration)`.
+//!   `expect(regex)` with a timeout, `expect_none_before(bad, fence)`.
 //! - [`TestServer::imc`] is an `imc` command already pointed at the server,
 //!   with HOME, history file and NO_COLOR set so nothing leaks in from the
 //!   developer's machine.
@@ -82,6 +82,47 @@ pub fn test_config() -> Config {
     }
 }
 
+/// Removes every `IMD_*` and `IMC_*` variable from `cmd`'s environment:
+/// imd and imc read their flags from these, so one set on the developer's
+/// machine (`IMD_REDIS`, `IMC_TIMEOUT`) would change what a test tests.
+pub fn without_settings(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("IMD_") || k.starts_with("IMC_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
+/// The `imd` binary, with no `IMD_*`/`IMC_*` settings from the machine
+/// (see [`without_settings`]) and `RUST_LOG=warn`.
+pub fn imd_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("imd"));
+    without_settings(&mut cmd).env("RUST_LOG", "warn");
+    cmd
+}
+
+/// A local address where nobody listens, for as long as the value lives:
+/// the port is bound (so no other test can take it) but not listening, so
+/// a connection to it is refused. (Binding a port and dropping it leaves
+/// it free for anyone, another test included.)
+pub struct RefusedPort {
+    _sock: socket2::Socket,
+    pub port: u16,
+}
+
+impl RefusedPort {
+    pub fn new() -> RefusedPort {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        sock.bind(&any.into()).unwrap();
+        let port = sock.local_addr().unwrap().as_socket().unwrap().port();
+        RefusedPort { _sock: sock, port }
+    }
+}
+
 impl TestServer {
     /// imd in-process with [`test_config`].
     pub fn start() -> TestServer {
@@ -121,10 +162,16 @@ impl TestServer {
 
     /// The real `imd` binary on an ephemeral port, with extra flags.
     pub fn start_binary(args: &[&str]) -> TestServer {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("imd"))
+        TestServer::start_binary_env(args, &[])
+    }
+
+    /// [`TestServer::start_binary`] with environment variables set (such
+    /// as `IMD_IDLE_TIMEOUT`), on top of [`imd_command`]'s clean slate.
+    pub fn start_binary_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let mut child = imd_command()
             .args(["--ip", "127.0.0.1", "--port", "0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -209,16 +256,21 @@ impl TestServer {
 
     /// Sends SIGTERM to a binary server and returns its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT) to a binary server and returns its
+    /// exit status.
+    pub fn signal(&mut self, signal: libc::c_int) -> std::process::ExitStatus {
         match &mut self.running {
             Running::Binary(child) => {
-                let pid = child.id().to_string();
-                std::process::Command::new("kill")
-                    .args(["-TERM", &pid])
-                    .status()
-                    .unwrap();
+                let pid = libc::pid_t::try_from(child.id()).unwrap();
+                // SAFETY: kill(2) on our own child, which has not been
+                // waited for, so its PID cannot have been reused.
+                assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill failed");
                 child.wait().unwrap()
             }
-            Running::InProcess { .. } => panic!("terminate() is for start_binary servers"),
+            Running::InProcess { .. } => panic!("signal() is for start_binary servers"),
         }
     }
 
@@ -499,30 +551,39 @@ pub fn assert_one_rename_winner(clients: &mut [LineClient], name: &str) {
     assert_eq!(names.len(), clients.len(), "{names:?}");
 }
 
-/// A real `redis-server` on a free port, for cluster tests; killed on drop.
-/// Debian's package `redis-server` provides it (the README's test command
-/// installs it).
+/// A real `redis-server` for cluster tests and the fan-out bench; killed on
+/// drop. Debian's package `redis-server` provides it (ci/deps.sh installs
+/// it). It listens on a Unix socket in its own directory, which the
+/// cluster's nodes use ([`RedisServer::url`]), so a restart comes back at
+/// the same address with no chance that another test took it; and on a
+/// TCP port ([`RedisServer::port`], for the fan-out bench), checked to be
+/// this very server.
 pub struct RedisServer {
+    /// The TCP port; a new one after each [`RedisServer::restart`].
     pub port: u16,
+    dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl RedisServer {
-    /// Starts redis-server on a free port and waits until it answers.
+    /// Starts redis-server and waits until it answers.
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = RedisServer { port, child: None };
+        let mut r = RedisServer {
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
         r.restart();
         r
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// The Unix socket's URL, `redis+unix:///PATH`, for `imd --redis`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.sock")
     }
 
     /// Kills the server (SIGKILL): to clients, Redis is gone.
@@ -533,28 +594,32 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty.
+    /// Starts it again, empty, on the same socket (and a fresh TCP port).
+    /// Redis cannot pick its own port, so this picks a free one and tries
+    /// again if another process took it before Redis could bind it.
     pub fn restart(&mut self) {
         self.stop();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (Debian: apt-get install redis-server)");
-        self.child = Some(child);
         let deadline = Instant::now() + EXPECT_TIMEOUT;
         loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.write_all(b"PING\r\n");
-                let mut buf = [0u8; 7];
-                if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
-                    return;
-                }
+            let port = free_port();
+            let socket = self.socket();
+            let mut child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .arg("--unixsocket")
+                .arg(&socket)
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (Debian: apt-get install redis-server)");
+            if redis_answers(&mut child, port, deadline) {
+                self.port = port;
+                self.child = Some(child);
+                return;
             }
+            let _ = child.kill();
+            let _ = child.wait();
             assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -565,47 +630,89 @@ impl Drop for RedisServer {
     }
 }
 
-/// A real `nats-server` on a free port, for the fan-out bench's NATS test;
-/// killed on drop. Debian's package `nats-server` provides it (ci/deps.sh
-/// installs it).
+/// A port that was free a moment ago. Only for servers that cannot pick
+/// their own (Redis), and only with a check that the server listening
+/// there is the one started.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the redis-server `child` answers on `port`; false if it
+/// exited (its port was taken) or another process answers there.
+fn redis_answers(child: &mut Child, port: u16, deadline: Instant) -> bool {
+    let want = format!("process_id:{}\r\n", child.id());
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut info = Vec::new();
+            if s.write_all(b"INFO server\r\n").is_ok() {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    info.extend_from_slice(&buf[..n]);
+                    if info.windows(11).any(|w| w == b"process_id:") && info.ends_with(b"\r\n\r\n")
+                    {
+                        break;
+                    }
+                }
+            }
+            let info = String::from_utf8_lossy(&info);
+            if info.contains("process_id:") {
+                return info.contains(&want);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A real `nats-server` on a port it picks itself, for the fan-out bench's
+/// NATS test; killed on drop. Debian's package `nats-server` provides it
+/// (ci/deps.sh installs it).
 pub struct NatsServer {
     pub port: u16,
     child: Child,
 }
 
 impl NatsServer {
-    /// Starts nats-server on a free port and waits until it greets a
-    /// client with its `INFO` line.
+    /// Starts nats-server on a random free port (`-p -1`) and reads the
+    /// port from its log line `Listening for client connections on
+    /// 127.0.0.1:PORT`, which it prints once it accepts clients.
     pub fn start() -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         // Debian puts it in /usr/sbin, which a non-root PATH may lack.
         let spawn = |program: &str| {
             std::process::Command::new(program)
-                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-a", "127.0.0.1", "-p", "-1"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
         };
-        let child = spawn("nats-server")
+        let mut child = spawn("nats-server")
             .or_else(|_| spawn("/usr/sbin/nats-server"))
             .expect("nats-server must be installed (Debian: apt-get install nats-server)");
-        let server = NatsServer { port, child };
-        let deadline = Instant::now() + EXPECT_TIMEOUT;
-        loop {
-            if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
-                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                let mut line = String::new();
-                if BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("INFO ") {
-                    return server;
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let log = BufReader::new(child.stderr.take().unwrap());
+        // Reads the log to its end, so nats-server never blocks on it.
+        std::thread::spawn(move || {
+            for line in log.lines().map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
+                    let port = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+                    let _ = port_tx.send(port);
                 }
             }
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        });
+        let port: u16 = port_rx
+            .recv_timeout(EXPECT_TIMEOUT)
+            .ok()
+            .flatten()
+            .expect("nats-server did not report its port");
+        NatsServer { port, child }
     }
 
     /// `127.0.0.1:PORT`.

@@ -9,6 +9,8 @@ are terminals. Commands, one per stdin line; each answers "ok" on stdout:
                   output after the previous match; on timeout print
                   "timeout" and the output so far, and exit 1
     type TEXT     type TEXT and press Enter
+    keys TEXT     type TEXT as given, escapes decoded (\t Tab, \r Enter,
+                  \x03 Ctrl-C, \x1b[A Up), without pressing Enter
     ctrl-d        press Ctrl-D
     wait          wait (up to 10 s) for the program to exit; answers
                   "exit N"
@@ -63,6 +65,10 @@ for cmd in sys.stdin:
         say("ok")
     elif cmd.startswith("type "):
         os.write(fd, cmd[len("type "):].encode() + b"\r")
+        say("ok")
+    elif cmd.startswith("keys "):
+        keys = cmd[len("keys "):].encode().decode("unicode_escape").encode()
+        os.write(fd, keys)
         say("ok")
     elif cmd == "ctrl-d":
         os.write(fd, b"\x04")
