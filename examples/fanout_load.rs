@@ -1,4 +1,4 @@
-//! The open-loop pub/sub fan-out benchmark (src/bench/fanout.rs) as a
+//! The open-loop pub/sub fan-out benchmark (src/client/bench/fanout/) as a
 //! program of its own, for imd, Redis and NATS alike:
 //!
 //! ```sh
@@ -15,7 +15,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use imchat::bench::fanout::{self, FanoutArgs, Proto};
+use imchat::client::bench::fanout::{self, FanoutArgs, Proto};
 
 /// Open-loop pub/sub fan-out load against imd, Redis or NATS.
 #[derive(Parser, Debug)]
@@ -39,7 +39,7 @@ async fn main() -> ExitCode {
         .addr
         .clone()
         .unwrap_or_else(|| format!("127.0.0.1:{}", cli.proto.default_port()));
-    let report = match fanout::run(&addr, cli.proto, &cli.run).await {
+    let report = match fanout::open_loop(&addr, cli.proto, &cli.run).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fanout_load: {addr}: {e}");

@@ -1,13 +1,13 @@
 //! `imc bench` in a tiny configuration against imd: it measures, and on a
 //! correct server it finds nothing lost, duplicated or corrupted. The
-//! open-loop fan-out bench (src/bench/fanout.rs) likewise against imd, a
+//! open-loop fan-out bench (src/client/bench/fanout/) likewise against imd, a
 //! real redis-server and a real nats-server. (Figures are never asserted:
 //! tests check behaviour, the bench speed.)
 
 use std::time::Duration;
 
-use imchat::bench::fanout::{self, FanoutArgs, FanoutReport, Proto};
-use imchat::bench::{self, BenchArgs};
+use imchat::client::bench::fanout::{self, FanoutArgs, FanoutReport, Proto};
+use imchat::client::bench::{self, BenchArgs};
 use imchat::server::Config;
 
 use crate::support::{test_config, NatsServer, RedisServer, TestServer};
@@ -37,7 +37,9 @@ pub fn tiny() -> BenchArgs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_delivers_everything_in_order() {
     let srv = TestServer::start();
-    let r = bench::run(&srv.addr().to_string(), &tiny()).await.unwrap();
+    let r = bench::closed_loop(&srv.addr().to_string(), &tiny())
+        .await
+        .unwrap();
     assert!(!r.stalled, "{}", r.human());
     assert_eq!(r.deliveries, 3 * 200 * 6, "{}", r.human());
     assert_eq!(
@@ -70,7 +72,9 @@ async fn flat_out_with_a_frozen_client() {
         frozen: 1,
         ..tiny()
     };
-    let r = bench::run(&srv.addr().to_string(), &args).await.unwrap();
+    let r = bench::closed_loop(&srv.addr().to_string(), &args)
+        .await
+        .unwrap();
     assert!(!r.stalled, "{}", r.human());
     assert_eq!(r.deliveries, 3 * 1500 * 6, "{}", r.human());
     assert_eq!(r.lost + r.corrupted + r.disconnected, 0, "{}", r.human());
@@ -86,7 +90,9 @@ async fn idle_connections_each_receive_the_final_broadcast() {
         connections: 50,
         ..tiny()
     };
-    let r = bench::run(&srv.addr().to_string(), &args).await.unwrap();
+    let r = bench::closed_loop(&srv.addr().to_string(), &args)
+        .await
+        .unwrap();
     assert!(!r.stalled, "{}", r.human());
     assert_eq!(r.connections_reached, 50, "{}", r.human());
 }
@@ -142,7 +148,7 @@ fn assert_complete_fanout(r: &FanoutReport, proto: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_against_imd_delivers_everything() {
     let srv = TestServer::start();
-    let r = fanout::run(&srv.addr().to_string(), Proto::Imchat, &tiny_fanout())
+    let r = fanout::open_loop(&srv.addr().to_string(), Proto::Imchat, &tiny_fanout())
         .await
         .unwrap();
     assert_complete_fanout(&r, "imd");
@@ -153,7 +159,7 @@ async fn fanout_against_imd_delivers_everything() {
 async fn fanout_against_redis_delivers_everything() {
     let redis = RedisServer::start();
     let addr = format!("127.0.0.1:{}", redis.port);
-    let r = fanout::run(&addr, Proto::Redis, &tiny_fanout())
+    let r = fanout::open_loop(&addr, Proto::Redis, &tiny_fanout())
         .await
         .unwrap();
     assert_complete_fanout(&r, "redis");
@@ -163,7 +169,7 @@ async fn fanout_against_redis_delivers_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_against_nats_delivers_everything() {
     let nats = NatsServer::start();
-    let r = fanout::run(&nats.addr(), Proto::Nats, &tiny_fanout())
+    let r = fanout::open_loop(&nats.addr(), Proto::Nats, &tiny_fanout())
         .await
         .unwrap();
     assert_complete_fanout(&r, "nats");
@@ -179,7 +185,7 @@ async fn fanout_reports_server_cpu_with_a_pid() {
         server_pid: Some(srv.pid()),
         ..tiny_fanout()
     };
-    let r = fanout::run(&srv.addr().to_string(), Proto::Imchat, &args)
+    let r = fanout::open_loop(&srv.addr().to_string(), Proto::Imchat, &args)
         .await
         .unwrap();
     assert!(!r.stalled, "{}", r.human());

@@ -191,13 +191,13 @@ async fn bench_across_two_nodes_loses_nothing() {
     let redis = RedisServer::start();
     let n1 = node(&redis);
     let n2 = node(&redis);
-    let args = imchat::bench::BenchArgs {
+    let args = imchat::client::bench::BenchArgs {
         senders: 2,
         messages: 300,
         second_port: Some(n2.port()),
         ..crate::bench::tiny()
     };
-    let r = imchat::bench::run(&n1.addr().to_string(), &args)
+    let r = imchat::client::bench::closed_loop(&n1.addr().to_string(), &args)
         .await
         .unwrap();
     assert!(!r.stalled, "{}", r.human());

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use imchat::scenario::{self, Outcome, Scenario, Target};
+use imchat::client::scenario::{self, Outcome, Scenario, Target};
 use imchat::server::Config;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};

@@ -1,16 +1,16 @@
 //! `imc`: the chat client binary. Parses flags, hands over to
-//! [`imchat::cli::run`], and turns the outcome into the documented exit
+//! [`imchat::client::cli::execute`], and turns the outcome into the documented exit
 //! status (see `imc --help`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use imchat::cli::{self, Args};
+use imchat::client::cli::{self, Args};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match cli::run(args).await {
+    match cli::execute(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !e.is_quiet() {

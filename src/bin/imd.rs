@@ -1,5 +1,5 @@
 //! `imd`: the chat server binary. Parses flags, sets up logging, binds, and
-//! hands over to [`imchat::server::run`] until Ctrl-C or SIGTERM.
+//! hands over to [`imchat::server::run_in_cluster`] until Ctrl-C or SIGTERM.
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
@@ -7,14 +7,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use imchat::cluster::{Cluster, ClusterConfig};
+use imchat::server::cluster::{Cluster, ClusterConfig};
 use imchat::server::{self, Config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-/// imd: a TCP chat server speaking the seed tutorial's line protocol.
+/// imd: a TCP chat server speaking a small line protocol.
 ///
-/// Clients connect with nc, telnet, the seed's client or `imc`. Lines:
+/// Clients connect with nc, telnet or `imc`. Lines:
 /// `who`, `rename|NAME`, `to|NAME|MESSAGE`, anything else is a public
 /// message. See PROTOCOL.md. Logs go to stderr; set RUST_LOG (e.g.
 /// RUST_LOG=debug) to change the level.
@@ -78,15 +78,7 @@ enum LogFormat {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let log = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => log.json().with_ansi(false).init(),
-    }
+    logging(args.log_format);
 
     let config = Config {
         max_line: args.max_line as usize,
@@ -135,9 +127,32 @@ async fn main() -> ExitCode {
         .await;
     let _ = stdout.flush().await;
     tracing::info!(%addr, "listening");
-    server::run_with(listener, config, cluster, shutdown_signal()).await;
+    server::run_in_cluster(listener, config, cluster, shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Logs to stderr at the level `RUST_LOG` asks for (`debug`, `warn`,
+/// `imchat=debug,info`, ...), `info` if it is unset or unreadable. The
+/// filter is tracing-subscriber's `Targets`, not its `EnvFilter`, whose
+/// span and field matching would link a regex engine into the server.
+fn logging(format: LogFormat) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{Layer, Registry};
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => Box::new(layer.with_ansi(std::io::stderr().is_terminal())),
+        LogFormat::Json => Box::new(layer.json().with_ansi(false)),
+    };
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(filter)
+        .init();
 }
 
 /// Completes on Ctrl-C or SIGTERM.

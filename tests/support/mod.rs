@@ -13,7 +13,6 @@
 //! - Every client records what it sent and received, with timestamps, in the
 //!   server's [`Transcript`]; if the test panics, dropping the server prints
 //!   the whole transcript, so a failure says who saw what.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

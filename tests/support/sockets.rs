@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 pub struct TcpEntry {
     pub local_port: u16,
     pub remote_port: u16,
-    /// The kernel's state number: 1 established, 4 FIN-WAIT-1, ...
-    pub state: u8,
-    /// Bytes waiting to be sent.
-    pub tx_queue: u64,
     /// Which timer is pending: 0 none, 1 retransmit, 2 keepalive, 4 zero
     /// window probe.
     pub timer: u8,
@@ -32,7 +28,6 @@ fn parse(line: &str) -> Option<TcpEntry> {
     // sl local_address rem_address st tx_queue:rx_queue tr:tm->when ...
     let f: Vec<&str> = line.split_whitespace().collect();
     let port = |a: &str| u16::from_str_radix(a.split(':').nth(1)?, 16).ok();
-    let (tx, _) = f.get(4)?.split_once(':')?;
     let (tr, when) = f.get(5)?.split_once(':')?;
     if !f.get(1)?.starts_with("0100007F") {
         return None;
@@ -40,8 +35,6 @@ fn parse(line: &str) -> Option<TcpEntry> {
     Some(TcpEntry {
         local_port: port(f[1])?,
         remote_port: port(f[2])?,
-        state: u8::from_str_radix(f[3], 16).ok()?,
-        tx_queue: u64::from_str_radix(tx, 16).ok()?,
         timer: u8::from_str_radix(tr, 16).ok()?,
         // In clock ticks: USER_HZ, 100 on Linux.
         timer_due: Duration::from_millis(u64::from_str_radix(when, 16).ok()? * 10),

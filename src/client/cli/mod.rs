@@ -5,7 +5,7 @@
 //!
 //! - [`oneshot`]: `send`, `whisper`, `rename`, `who`, for scripts;
 //! - [`listen`]: print what arrives, one line (or JSON object) per event;
-//! - [`repl`]: the seed's 1/2/3/0 menu for people (the default);
+//! - [`repl`]: the 1/2/3/0 menu for people (the default);
 //! - [`output`]: how events look on stdout, and writing them there;
 //! - [`input`]: stdin lines read on a plain thread, so a pending read can
 //!   never hold up the exit of the process.
@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::api::Unsendable;
 use crate::client::{Client, ClientError};
 
 /// The exit-status table, shown by `imc --help` and kept in step with
@@ -32,8 +33,9 @@ use crate::client::{Client, ClientError};
 pub const EXIT_CODES: &str = "\
 Exit status (the same for every command):
   0  success (also when stdout is a closed pipe)
-  1  refused by the server (the reason is on stderr); for `scenario`: a
-     scenario failed
+  1  refused by the server (the reason is on stderr), or a message not
+     sent because the server would read it as a command; for `scenario`:
+     a scenario failed
   2  usage error: bad arguments or unusable input
   3  cannot connect, or the connection was lost
   4  timed out";
@@ -52,7 +54,7 @@ pub const EXIT_TIMEOUT: u8 = 4;
 /// imc: the client for imd, for people (a REPL) and for scripts (one-shot
 /// commands with reliable exit codes).
 ///
-/// With no command, imc starts the REPL: the seed client's menu (1 public
+/// With no command, imc starts the REPL: a menu (1 public
 /// talk, 2 private talk, 3 change username, 0 exit) with line editing.
 /// Data goes to stdout, diagnostics to stderr.
 #[derive(Parser, Debug, Clone)]
@@ -143,13 +145,13 @@ pub enum Cmd {
 }
 
 /// `imc bench`'s flags: the closed-loop benchmark's
-/// ([`crate::bench::BenchArgs`]) and, with `--subscribers`, the open-loop
-/// fan-out mode's ([`crate::bench::fanout`]), which shares --rate, --size,
+/// ([`crate::client::bench::BenchArgs`]) and, with `--subscribers`, the open-loop
+/// fan-out mode's ([`crate::client::bench::fanout`]), which shares --rate, --size,
 /// --server-pid and --json.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchCmd {
     #[command(flatten)]
-    pub closed: crate::bench::BenchArgs,
+    pub closed: crate::client::bench::BenchArgs,
     /// Open-loop fan-out mode: this many connections that only read, sent
     /// to by --publishers at --rate messages/s each (required) for
     /// --duration seconds. Not with the closed-loop flags.
@@ -186,10 +188,10 @@ pub struct BenchCmd {
 
 impl BenchCmd {
     /// The fan-out run's arguments, when --subscribers chose that mode.
-    pub fn fanout(&self) -> Option<crate::bench::fanout::FanoutArgs> {
+    pub fn fanout(&self) -> Option<crate::client::bench::fanout::FanoutArgs> {
         let subscribers = self.subscribers?;
-        let d = crate::bench::fanout::FanoutArgs::default();
-        Some(crate::bench::fanout::FanoutArgs {
+        let d = crate::client::bench::fanout::FanoutArgs::default();
+        Some(crate::client::bench::fanout::FanoutArgs {
             publishers: self.publishers.unwrap_or(d.publishers),
             subscribers,
             rate: self.closed.rate.unwrap_or(d.rate),
@@ -238,6 +240,10 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Client(ClientError::Refused { .. }) => EXIT_REFUSED,
+            // Documented as a refusal: imc refuses it for the server,
+            // which would run it as a command.
+            CliError::Client(ClientError::Unsendable(Unsendable::Command(_))) => EXIT_REFUSED,
+            CliError::Client(ClientError::Unsendable(_)) => EXIT_USAGE,
             CliError::Client(ClientError::Connect { .. } | ClientError::Lost(_)) => EXIT_CONNECTION,
             CliError::Client(ClientError::Timeout(_)) => EXIT_TIMEOUT,
             CliError::Usage(_) => EXIT_USAGE,
@@ -256,14 +262,14 @@ impl CliError {
 
 /// Runs the command `args` asks for. The binary prints the error (unless
 /// [`CliError::is_quiet`]) and exits with [`CliError::exit_code`].
-pub async fn run(args: Args) -> Result<(), CliError> {
+pub async fn execute(args: Args) -> Result<(), CliError> {
     match args.command.clone().unwrap_or(Cmd::Repl) {
         Cmd::Send { message } => oneshot::send(&args, None, &message).await,
         Cmd::Whisper { to, message } => oneshot::send(&args, Some(&to), &message).await,
         Cmd::Rename { name } => oneshot::rename(&args, &name).await,
         Cmd::Who { json } => oneshot::who(&args, json).await,
-        Cmd::Listen(opts) => listen::run(&args, &opts).await,
-        Cmd::Repl => repl::run(&args).await,
+        Cmd::Listen(opts) => listen::listen(&args, &opts).await,
+        Cmd::Repl => repl::repl(&args).await,
         Cmd::Scenario {
             files,
             expect_timeout,
@@ -279,7 +285,7 @@ async fn scenarios(
     files: &[std::path::PathBuf],
     expect_timeout: Duration,
 ) -> Result<(), CliError> {
-    use crate::scenario::{self, Scenario};
+    use crate::client::scenario::{self, Scenario};
     let addr = SocketAddr::new(args.ip, args.port).to_string();
     let mut parsed = Vec::new();
     for f in files {
@@ -319,7 +325,7 @@ async fn bench(args: &Args, cmd: &BenchCmd) -> Result<(), CliError> {
         return bench_fanout(&addr, &fan).await;
     }
     let opts = &cmd.closed;
-    let report = crate::bench::run(&addr, opts)
+    let report = crate::client::bench::closed_loop(&addr, opts)
         .await
         .map_err(|source| ClientError::Connect {
             addr: addr.clone(),
@@ -340,9 +346,12 @@ async fn bench(args: &Args, cmd: &BenchCmd) -> Result<(), CliError> {
 }
 
 /// `imc bench --subscribers`: the open-loop fan-out run against imd.
-async fn bench_fanout(addr: &str, opts: &crate::bench::fanout::FanoutArgs) -> Result<(), CliError> {
-    use crate::bench::fanout::{self, Proto};
-    let report = match fanout::run(addr, Proto::Imchat, opts).await {
+async fn bench_fanout(
+    addr: &str,
+    opts: &crate::client::bench::fanout::FanoutArgs,
+) -> Result<(), CliError> {
+    use crate::client::bench::fanout::{self, Proto};
+    let report = match fanout::open_loop(addr, Proto::Imchat, opts).await {
         Ok(r) => r,
         Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
             return Err(CliError::Usage(e.to_string()))

@@ -11,7 +11,7 @@
 //! - **The server is behind** (CPU overload: the writer task has not been
 //!   run yet, or writes as fast as it is scheduled). The reader is healthy.
 //!   Senders whose lines land in a queue over half its limit wait for it
-//!   ([`Outbox::relieve`]) before their next line is read, so overload slows
+//!   ([`Outbox::wait_for_room`]) before their next line is read, so overload slows
 //!   the publishers, and the reader is never cut for it.
 //! - **The reader is not taking data**: a write to its socket has been
 //!   waiting on a full socket buffer for longer than `stall` with the peer
@@ -28,6 +28,10 @@
 //!
 //! Lines are [`Bytes`], so one broadcast line is built once and shared by all
 //! its recipients: a push is a reference-count increment, not a copy.
+//!
+//! (Over 400 lines: the queue, the server-wide budget and the writer share
+//! one private `State`, so they stay in one file; about 150 lines are
+//! tests.)
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -147,7 +151,7 @@ impl Budget {
     }
 }
 
-/// The sending side of a user's queue, shared with the registry. There is
+/// The sending side of a user's queue, shared with the hub. There is
 /// exactly one per queue; dropping it tells the writer to finish.
 #[derive(Debug)]
 pub struct Outbox {
@@ -194,7 +198,7 @@ struct State {
     cut: CancellationToken,
     /// Woken after every completed write, when a write starts waiting on a
     /// full socket, and when the queue closes: for senders waiting on a
-    /// congested queue (see [`Outbox::relieve`]).
+    /// congested queue (see [`Outbox::wait_for_room`]).
     progress: Notify,
     /// When the queue was created, the clock for `blocked_since_ms`.
     born: Instant,
@@ -359,7 +363,7 @@ impl Outbox {
 
     /// True when more than half the limit is queued, or anything at all
     /// while the server's [`Budget`] is exceeded: a sender that just added
-    /// to this queue should wait for it (see [`Outbox::relieve`]).
+    /// to this queue should wait for it (see [`Outbox::wait_for_room`]).
     pub fn congested(&self) -> bool {
         let queued = self.queued();
         queued > self.state.limit / 2 || (queued > 0 && self.state.budget.over())
@@ -384,7 +388,7 @@ impl Outbox {
     /// costs a sender at most one wait of `stall` from the moment its socket
     /// filled (often none: by the time its queue is half full it has
     /// usually been stuck that long already).
-    pub async fn relieve(&self) {
+    pub async fn wait_for_room(&self) {
         let st = &self.state;
         loop {
             let progress = st.progress.notified();
@@ -417,7 +421,7 @@ impl Drain {
     /// not hold anything up). The caller bounds the final flush in time, so
     /// a frozen client cannot stall a graceful shutdown. Returns true if it
     /// stopped because the outbox was cut.
-    pub async fn run<W: AsyncWrite + PeerSocket + Unpin>(self, mut w: W) -> bool {
+    pub async fn write_to<W: AsyncWrite + PeerSocket + Unpin>(self, mut w: W) -> bool {
         let st = &self.state;
         let cut = st.cut.clone();
         let mut batch: VecDeque<Bytes> = VecDeque::new();
@@ -570,7 +574,7 @@ mod tests {
         let (ob, drain) = outbox(200, Duration::from_millis(250), Budget::new(usize::MAX));
         // Nobody reads the other end; it takes 16 bytes.
         let (w, _unread) = tokio::io::duplex(16);
-        tokio::spawn(drain.run(w));
+        tokio::spawn(drain.write_to(w));
         assert!(ob.push(Bytes::from(vec![b'x'; 60])));
         while ob.state.blocked_since().is_none() {
             tokio::task::yield_now().await;
@@ -590,45 +594,45 @@ mod tests {
     /// run (the server is behind), however long that is, and moves on once
     /// the writer catches up.
     #[tokio::test(start_paused = true)]
-    async fn relieve_waits_for_a_writer_that_is_behind() {
+    async fn wait_for_room_waits_for_a_writer_that_is_behind() {
         let (ob, drain) = outbox(100, Duration::from_millis(250), Budget::new(usize::MAX));
         assert!(ob.push(Bytes::from(vec![b'x'; 80])));
         assert!(ob.congested());
-        let waited = tokio::time::timeout(Duration::from_secs(60), ob.relieve()).await;
+        let waited = tokio::time::timeout(Duration::from_secs(60), ob.wait_for_room()).await;
         assert!(waited.is_err(), "a writer that has not run is not frozen");
-        tokio::spawn(drain.run(tokio::io::sink()));
-        ob.relieve().await;
+        tokio::spawn(drain.write_to(tokio::io::sink()));
+        ob.wait_for_room().await;
         assert_eq!(ob.queued(), 0);
     }
 
     /// A sender stops waiting for a reader whose socket stays full for
     /// `stall`, and at once when the writer goes away.
     #[tokio::test(start_paused = true)]
-    async fn relieve_gives_up_on_a_full_socket_and_a_gone_writer() {
+    async fn wait_for_room_gives_up_on_a_full_socket_and_a_gone_writer() {
         let (ob, drain) = outbox(100, Duration::from_millis(250), Budget::new(usize::MAX));
         let (w, _unread) = tokio::io::duplex(16);
-        let writer = tokio::spawn(drain.run(w));
+        let writer = tokio::spawn(drain.write_to(w));
         assert!(ob.push(Bytes::from(vec![b'x'; 80])));
         let t0 = Instant::now();
-        ob.relieve().await;
+        ob.wait_for_room().await;
         let waited = t0.elapsed();
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
         assert!(waited < Duration::from_millis(400), "{waited:?}");
 
         let (ob, drain) = outbox(100, Duration::from_secs(3600), Budget::new(usize::MAX));
         let (w, _unread) = tokio::io::duplex(16);
-        let writer2 = tokio::spawn(drain.run(w));
+        let writer2 = tokio::spawn(drain.write_to(w));
         assert!(ob.push(Bytes::from(vec![b'x'; 80])));
-        let relieve = ob.relieve();
-        tokio::pin!(relieve);
+        let wait_for_room = ob.wait_for_room();
+        tokio::pin!(wait_for_room);
         assert!(
-            tokio::time::timeout(Duration::from_secs(1), relieve.as_mut())
+            tokio::time::timeout(Duration::from_secs(1), wait_for_room.as_mut())
                 .await
                 .is_err(),
             "the socket is full, but not for an hour"
         );
         writer2.abort();
-        relieve.await;
+        wait_for_room.await;
         assert!(!ob.push(Bytes::from_static(b"x\n")), "closed");
         writer.abort();
     }
@@ -643,7 +647,7 @@ mod tests {
         let stall = Duration::from_millis(250);
         let (frozen, drain) = outbox(1 << 20, stall, budget.clone());
         let (w, _unread) = tokio::io::duplex(16);
-        let frozen_writer = tokio::spawn(drain.run(w));
+        let frozen_writer = tokio::spawn(drain.write_to(w));
         let (behind, behind_drain) = outbox(1 << 20, stall, budget.clone());
         let line = || Bytes::from(vec![b'x'; 68]); // 100 with its cost
         assert!(frozen.push(line()));
@@ -675,7 +679,7 @@ mod tests {
         assert_eq!(budget.used(), 700);
         frozen_writer.await.unwrap();
         assert_eq!(budget.used(), 400, "the cut queue's charges came back");
-        let behind_writer = tokio::spawn(behind_drain.run(tokio::io::sink()));
+        let behind_writer = tokio::spawn(behind_drain.write_to(tokio::io::sink()));
         drop(behind);
         behind_writer.await.unwrap();
         assert_eq!(budget.used(), 0, "written lines gave their charges back");
@@ -689,6 +693,6 @@ mod tests {
             assert!(ob.push(Bytes::from(l)));
         }
         drop(ob);
-        drain.run(mock).await;
+        drain.write_to(mock).await;
     }
 }

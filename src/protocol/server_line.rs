@@ -1,104 +1,10 @@
-//! The wire protocol: lines in both directions, as typed values.
-//!
-//! This is the one definition of the protocol. The server parses client lines
-//! with [`Command::parse`] and writes [`ServerLine::encode`]; the client builds
-//! its requests with [`Command::encode`] and reads replies with
-//! [`ServerLine::parse`]. A format change is a change here and in PROTOCOL.md.
-//!
-//! Client to server (one command per line, `\n` or `\r\n` terminated):
-//!
-//! ```text
-//! who                     list online users
-//! rename|NAME             change your name
-//! to|NAME|MESSAGE         whisper MESSAGE to NAME (MESSAGE may contain '|')
-//! anything else           public message to everyone, sender included
-//! (empty line)            ignored
-//! ```
-//!
-//! Server to client: every line starts with a marker that user text can never
-//! produce, because user text only ever appears *after* a fixed prefix:
-//!
-//! ```text
-//! <NAME> TEXT                   public message
-//! *NAME* TEXT                   whisper to you
-//! ok to NAME: TEXT              your whisper was delivered
-//! ok rename: you are now NAME   your rename worked
-//! who NAME                      one online user (reply to `who`) ...
-//! ok who: N online              ... and the end of that reply
-//! error CODE: MESSAGE           your line was refused; CODE is stable
-//! *** welcome, you are NAME (...)   first line on connect
-//! *** NAME is online
-//! *** NAME is offline (REASON)
-//! *** OLD is now known as NEW
-//! *** bye: REASON               last line before the server closes
-//! ```
+//! Server lines: what the server sends, encoded by the server and parsed
+//! by the client with the same type. Every line starts with a marker that
+//! user text can never produce (see [`super`] for the table).
 
-use std::borrow::Cow;
-use std::fmt::{self, Write as _};
+use std::fmt;
 
-/// Longest name a user may choose, in characters. Short enough to keep chat
-/// lines readable on an 80-column terminal, long enough for real nicknames.
-pub const MAX_NAME_CHARS: usize = 32;
-
-/// A line sent by a client, borrowed from the received line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command<'a> {
-    /// `who`: list online users.
-    Who,
-    /// `rename|NAME`: NAME is everything after the first `|`, unvalidated.
-    Rename(&'a str),
-    /// `to|NAME|MESSAGE`: MESSAGE is everything after the second `|`.
-    Whisper { to: &'a str, text: &'a str },
-    /// Any other non-empty line: broadcast to everyone.
-    Say(&'a str),
-    /// An empty (or all-whitespace) line: ignored, no reply.
-    Empty,
-    /// A line that starts like a command but cannot be one; the reply is an
-    /// `error usage` line carrying this usage text.
-    Malformed(&'static str),
-}
-
-/// Usage text for `rename`, sent with `error usage`.
-pub const RENAME_USAGE: &str = "rename|NAME";
-/// Usage text for `to`, sent with `error usage`.
-pub const WHISPER_USAGE: &str = "to|NAME|MESSAGE";
-
-impl<'a> Command<'a> {
-    /// Parses one line (without its line terminator). Never fails: anything
-    /// that is not a command is a public message, as in the seed.
-    pub fn parse(line: &'a str) -> Command<'a> {
-        if line.trim().is_empty() {
-            return Command::Empty;
-        }
-        if line == "who" {
-            return Command::Who;
-        }
-        if let Some(name) = line.strip_prefix("rename|") {
-            if name.is_empty() {
-                return Command::Malformed(RENAME_USAGE);
-            }
-            return Command::Rename(name);
-        }
-        if let Some(rest) = line.strip_prefix("to|") {
-            return match rest.split_once('|') {
-                Some((to, text)) if !to.is_empty() => Command::Whisper { to, text },
-                _ => Command::Malformed(WHISPER_USAGE),
-            };
-        }
-        Command::Say(line)
-    }
-
-    /// The line a client sends for this command, with its `\n`.
-    pub fn encode(&self) -> String {
-        match self {
-            Command::Who => "who\n".to_string(),
-            Command::Rename(name) => format!("rename|{name}\n"),
-            Command::Whisper { to, text } => format!("to|{to}|{text}\n"),
-            Command::Say(text) => format!("{text}\n"),
-            Command::Empty | Command::Malformed(_) => "\n".to_string(),
-        }
-    }
-}
+use bytes::Bytes;
 
 /// Why a user went offline; shown in the offline notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,8 +19,12 @@ pub enum LeaveReason {
     Flood,
     /// A network error on its connection.
     Error,
-    /// Its server shut down (told to users on other nodes of a cluster).
+    /// Its server shut down (told to users on other nodes of a cluster;
+    /// users on the same node are all leaving too, and are told nothing).
     Shutdown,
+    /// Its node of a cluster stopped without saying goodbye (told by the
+    /// node that noticed, to everyone).
+    NodeLost,
 }
 
 impl LeaveReason {
@@ -127,6 +37,7 @@ impl LeaveReason {
             LeaveReason::Flood => "flood",
             LeaveReason::Error => "connection error",
             LeaveReason::Shutdown => "server shutting down",
+            LeaveReason::NodeLost => "node lost",
         }
     }
 }
@@ -189,7 +100,7 @@ impl fmt::Display for ErrorCode {
 const WELCOME_HELP: &str = "(commands: who, rename|NAME, to|NAME|MESSAGE)";
 
 /// A line sent by the server. Text fields hold what goes on the wire: the
-/// server passes user text through [`visible`] before building one.
+/// server passes user text through [`visible`](super::visible) before building one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerLine {
     /// `<NAME> TEXT`: a public message, sent to everyone including the sender.
@@ -229,6 +140,13 @@ pub fn encode_public<W: std::fmt::Write>(out: &mut W, from: &str, text: &str) {
     let _ = writeln!(out, "<{from}> {text}");
 }
 
+/// Appends `who NAME` (with `\n`): one line of the reply to `who`,
+/// without building a [`ServerLine::WhoItem`] for it.
+fn encode_who_item<W: std::fmt::Write>(out: &mut W, name: &str) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "who {name}");
+}
+
 impl ServerLine {
     /// Shorthand for an error line.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerLine {
@@ -245,6 +163,23 @@ impl ServerLine {
         s
     }
 
+    /// The line as sent, ready to be shared by all its recipients' queues.
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(self.encode())
+    }
+
+    /// The whole reply to `who` for `names` (sorted by the caller): one
+    /// `who NAME` line each, then `ok who: N online`, as one buffer so it
+    /// reaches the asker in one piece.
+    pub fn encode_who(names: &[String]) -> Bytes {
+        let mut out = String::with_capacity(names.len() * 24 + 24);
+        for name in names {
+            encode_who_item(&mut out, name);
+        }
+        ServerLine::WhoEnd { count: names.len() }.encode_into(&mut out);
+        Bytes::from(out)
+    }
+
     /// Appends the encoded line (with `\n`) to `out` (a `String`, or a
     /// `BytesMut` batch of lines).
     pub fn encode_into<W: std::fmt::Write>(&self, out: &mut W) {
@@ -257,7 +192,10 @@ impl ServerLine {
             ServerLine::Private { from, text } => writeln!(out, "*{from}* {text}"),
             ServerLine::Sent { to, text } => writeln!(out, "ok to {to}: {text}"),
             ServerLine::Renamed { name } => writeln!(out, "ok rename: you are now {name}"),
-            ServerLine::WhoItem { name } => writeln!(out, "who {name}"),
+            ServerLine::WhoItem { name } => {
+                encode_who_item(out, name);
+                Ok(())
+            }
             ServerLine::WhoEnd { count } => writeln!(out, "ok who: {count} online"),
             ServerLine::Error { code, message } => writeln!(out, "error {code}: {message}"),
             ServerLine::Welcome { name } => {
@@ -355,134 +293,9 @@ fn parse_notice(rest: &str) -> Option<ServerLine> {
     None
 }
 
-/// Why a name was refused; the text is sent to the user as is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    #[error("a name cannot be empty")]
-    Empty,
-    #[error("a name is at most {MAX_NAME_CHARS} characters")]
-    TooLong,
-    #[error("a name may contain only letters, digits, '_', '-' and '.' (not {0:?})")]
-    BadChar(char),
-}
-
-/// Checks a name a user chose.
-///
-/// Rules: 1 to [`MAX_NAME_CHARS`] characters, each a Unicode letter or digit
-/// or one of `_ - .`. That excludes `|` (the command separator), whitespace
-/// (names end at a space in server lines), control characters (no forged
-/// lines or terminal escapes), `<>*` (the line markers) and `:`. Names given
-/// by the server on connect are the remote address (`127.0.0.1:5555`), which
-/// always contains `:`, so no chosen name can ever squat a future default.
-pub fn validate_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|&c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    {
-        return Err(NameError::BadChar(c));
-    }
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(NameError::TooLong);
-    }
-    Ok(())
-}
-
-/// True for characters that must never reach a terminal raw: C0 and C1
-/// controls, DEL, line/paragraph separators and the bidirectional overrides
-/// and isolates (which can reorder what a reader sees). Tab is kept.
-pub fn is_unsafe_char(c: char) -> bool {
-    (c.is_control() && c != '\t')
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Makes text safe to show on a terminal: control characters become visible
-/// caret notation (ESC shows as `^[`, DEL as `^?`), other unsafe characters
-/// become `\u{XXXX}`. Borrowed when there is nothing to change, which is the
-/// common case, so the broadcast path does not allocate for it.
-pub fn visible(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_unsafe_char) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if !is_unsafe_char(c) {
-            out.push(c);
-        } else if (c as u32) < 0x20 {
-            out.push('^');
-            out.push((b'@' + c as u8) as char);
-        } else if c == '\u{7f}' {
-            out.push_str("^?");
-        } else {
-            let _ = write!(out, "\\u{{{:04x}}}", c as u32);
-        }
-    }
-    Cow::Owned(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn parses_the_seed_commands() {
-        assert_eq!(Command::parse("who"), Command::Who);
-        assert_eq!(Command::parse("rename|bob"), Command::Rename("bob"));
-        assert_eq!(
-            Command::parse("to|bob|hi | there"),
-            Command::Whisper {
-                to: "bob",
-                text: "hi | there"
-            }
-        );
-        assert_eq!(Command::parse("hello|world"), Command::Say("hello|world"));
-        assert_eq!(Command::parse("who "), Command::Say("who "));
-        assert_eq!(Command::parse(""), Command::Empty);
-        assert_eq!(Command::parse("   "), Command::Empty);
-    }
-
-    #[test]
-    fn malformed_commands_carry_their_usage() {
-        assert_eq!(Command::parse("rename|"), Command::Malformed(RENAME_USAGE));
-        assert_eq!(
-            Command::parse("to|alice"),
-            Command::Malformed(WHISPER_USAGE)
-        );
-        assert_eq!(Command::parse("to|"), Command::Malformed(WHISPER_USAGE));
-        assert_eq!(Command::parse("to||hi"), Command::Malformed(WHISPER_USAGE));
-        assert_eq!(
-            Command::parse("to|bob|"),
-            Command::Whisper {
-                to: "bob",
-                text: ""
-            }
-        );
-    }
-
-    #[test]
-    fn names_follow_the_rules() {
-        assert!(validate_name("alice").is_ok());
-        assert!(validate_name("小明_2.x-y").is_ok());
-        assert_eq!(validate_name(""), Err(NameError::Empty));
-        assert_eq!(validate_name("a b"), Err(NameError::BadChar(' ')));
-        assert_eq!(validate_name("a|b"), Err(NameError::BadChar('|')));
-        assert_eq!(validate_name("a\rb"), Err(NameError::BadChar('\r')));
-        assert_eq!(validate_name("127.0.0.1:80"), Err(NameError::BadChar(':')));
-        assert_eq!(validate_name(&"x".repeat(33)), Err(NameError::TooLong));
-        assert!(validate_name(&"x".repeat(32)).is_ok());
-    }
-
-    #[test]
-    fn visible_escapes_terminal_controls() {
-        assert_eq!(visible("plain text"), "plain text");
-        assert_eq!(visible("\x1b[31mred"), "^[[31mred");
-        assert_eq!(visible("a\rb\x7f"), "a^Mb^?");
-        assert_eq!(visible("x\u{202e}y"), "x\\u{202e}y");
-        assert_eq!(visible("tab\tok"), "tab\tok");
-    }
 
     #[test]
     fn server_lines_round_trip() {
@@ -532,38 +345,6 @@ mod tests {
             let wire = line.encode();
             assert!(wire.ends_with('\n'));
             assert_eq!(ServerLine::parse(wire.trim_end_matches('\n')), Some(line));
-        }
-    }
-
-    proptest! {
-        /// No input line makes the command parser panic, and whatever it
-        /// parses re-encodes to a single line.
-        #[test]
-        fn command_parse_never_panics(line in "\\PC*|[|a-z\r\x1b]{0,20}") {
-            let cmd = Command::parse(&line);
-            let _ = visible(&line);
-            let _ = validate_name(&line);
-            if !line.contains('\n') {
-                prop_assert_eq!(cmd.encode().matches('\n').count(), 1);
-            }
-        }
-
-        /// Public text made visible can never be parsed as any line but a
-        /// public message from its real sender: user text cannot forge.
-        #[test]
-        fn user_text_cannot_forge_server_lines(text in any::<String>()) {
-            let line = ServerLine::Public { from: "alice".into(), text: visible(&text).into_owned() };
-            let wire = line.encode();
-            prop_assert_eq!(wire.matches('\n').count(), 1);
-            let parsed = ServerLine::parse(wire.trim_end_matches('\n'));
-            let from_alice = matches!(parsed, Some(ServerLine::Public { ref from, .. }) if from == "alice");
-            prop_assert!(from_alice);
-        }
-
-        /// ServerLine::parse never panics on arbitrary input.
-        #[test]
-        fn server_parse_never_panics(line in any::<String>()) {
-            let _ = ServerLine::parse(&line);
         }
     }
 }

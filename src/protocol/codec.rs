@@ -1,8 +1,8 @@
 //! Line framing with a length cap, shared by server and client.
 //!
-//! The seed treated each 4096-byte `read` as one message and dropped its last
-//! byte, so CRLF, split and joined lines all went wrong. Here a frame is the
-//! bytes up to `\n`, with one trailing `\r` removed:
+//! A read is not a message: one read may hold part of a line or several
+//! lines. A frame is the bytes up to `\n`, with one trailing `\r` removed,
+//! however the bytes arrived:
 //!
 //! ```text
 //! frame   = *(any byte except LF) [CR] LF

@@ -1,9 +1,10 @@
 //! One client connection: read lines, run commands, queue replies.
 //!
 //! Each connection is two tasks. This one reads and frames the client's
-//! lines ([`LineCodec`]) and runs each command against the [`Registry`]; the
-//! writer task ([`crate::outbox::Drain`]) writes whatever is queued for the
-//! user. Reading never waits on its own writing, so a client that does not
+//! lines ([`LineCodec`]), parses each into a [`Command`], calls the [`Hub`]
+//! and queues the reply, mapping the hub's typed outcomes to protocol
+//! lines; the writer task ([`Drain`](super::outbox::Drain)) writes whatever
+//! is queued for the user. Reading never waits on its own writing, so a client that does not
 //! read can only fill its own queue, and is then cut off.
 //!
 //! # Fan-out in batches
@@ -11,29 +12,32 @@
 //! The public lines of one read are broadcast together: consecutive public
 //! lines are encoded into one buffer, which is pushed to each recipient's
 //! queue once, when the read's lines are used up, another kind of command
-//! comes, or the batch reaches [`BATCH_BYTES`]. Each recipient then costs
+//! comes, or the batch reaches `BATCH_BYTES` (16 KiB). Each recipient then costs
 //! one queue push, at most one writer wake-up and one system call per
 //! batch, not per line. The batch grows with the load by itself: while the
 //! server keeps up, a read holds one line and it goes out at once; when it
 //! falls behind, lines pile up in the sender's socket and the next read
 //! holds many (NATS flushes its clients once per read buffer for the same
-//! reason). Order is unchanged: a batch is broadcast under one registry
-//! lock, like a single line, and anything else the sender asks for is
+//! reason). Order is unchanged: a batch is broadcast under one hub lock,
+//! like a single line, and anything else the sender asks for is
 //! handled after its earlier lines went out.
 //!
 //! # Overload
 //!
 //! After a batch, the sender waits for every recipient whose queue is now
 //! over half full and whose reader is still taking data
-//! ([`crate::outbox::Outbox::relieve`]) before reading on. When the server
+//! ([`Outbox::wait_for_room`](super::outbox::Outbox::wait_for_room)) before reading on. When the server
 //! cannot keep up, its writers fall behind, queues fill, and so publishers
 //! are slowed: their lines wait in their own sockets, and TCP flow control
 //! slows them down. Readers are cut off only when their socket refuses data
-//! (see [`crate::outbox`]). The idle clock does not run while a sender is
+//! (see [`super::outbox`]). The idle clock does not run while a sender is
 //! held back this way.
 //!
 //! The handler is generic over the read and write halves so it can be driven
 //! by a TCP socket or, in unit tests, by `tokio_test::io` mocks.
+//!
+//! (Over 400 lines: about 200 of them are those unit tests, which drive
+//! whole sessions, the memory storm included, through in-memory sockets.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,42 +49,10 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Cluster;
-use crate::codec::{Frame, FrameError, LineCodec};
-use crate::outbox::{outbox, Budget, PeerSocket};
-use crate::protocol::{
-    encode_public, validate_name, visible, Command, ErrorCode, LeaveReason, ServerLine,
-};
-use crate::registry::{wire, Peer, Registry};
-use crate::server::Config;
-
-/// What every connection shares: the registry, the limits, and the
-/// cluster link when this node is one of several (`imd --redis`).
-#[derive(Debug)]
-pub struct Shared {
-    pub registry: Registry,
-    pub config: Config,
-    pub cluster: Option<Arc<Cluster>>,
-    /// All users' queued output, bounded by [`Config::max_queued_bytes`].
-    pub budget: Arc<Budget>,
-}
-
-impl Shared {
-    /// Shared state for a single server with this configuration.
-    pub fn new(config: Config) -> Shared {
-        Shared::with_cluster(config, None)
-    }
-
-    /// Shared state for a node that may belong to a cluster.
-    pub fn with_cluster(config: Config, cluster: Option<Arc<Cluster>>) -> Shared {
-        Shared {
-            registry: Registry::new(config.presence_limit),
-            budget: Budget::new(config.max_queued_bytes),
-            config,
-            cluster,
-        }
-    }
-}
+use super::hub::{Hub, NoSuchUser, RenameError, User};
+use super::outbox::PeerSocket;
+use crate::protocol::codec::{Frame, FrameError, LineCodec};
+use crate::protocol::{encode_public, visible, Command, ErrorCode, LeaveReason, ServerLine};
 
 /// Read buffer space reserved while a connection is quiet. Idle connections
 /// are most of a big server, so each holds only this much; a client that
@@ -97,13 +69,13 @@ pub async fn serve<R, W>(
     reader: R,
     writer: W,
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + PeerSocket + Unpin + Send + 'static,
 {
-    serve_in_slot(reader, writer, addr, shared, shutdown, ()).await
+    serve_in_slot(reader, writer, addr, hub, shutdown, ()).await
 }
 
 /// [`serve`], holding `slot` (the server's connection-limit permit) while
@@ -115,71 +87,37 @@ pub async fn serve_in_slot<R, W, S>(
     reader: R,
     writer: W,
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
     shutdown: CancellationToken,
     slot: S,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + PeerSocket + Unpin + Send + 'static,
 {
-    let (outbox, drain) = outbox(
-        shared.config.queue_bytes,
-        shared.config.stall_timeout,
-        shared.budget.clone(),
-    );
+    let (user, drain) = hub.new_user(addr);
     let writer = tokio::spawn(async move {
         let mut writer = writer;
-        if drain.run(&mut writer).await {
+        if drain.write_to(&mut writer).await {
             writer.reset_on_close();
         }
     });
-    let peer = Arc::new(Peer {
-        id: shared.registry.next_id(),
-        addr,
-        outbox,
-    });
     let name = addr.to_string();
     tracing::info!(%addr, "connected");
-    shared.registry.join(&name, peer.clone());
-    // Cluster calls are boxed: their futures would otherwise be part of
-    // every connection's state, cluster or not (serve() shrinks from about
-    // 1.5 KB to 1.1 KB), and idle connections are most of a big server.
-    if let Some(c) = &shared.cluster {
-        // Address names are claimed too, so `who` and whispers see them;
-        // two nodes' clients could share an address only across hosts.
-        if !Box::pin(c.claim(&name)).await {
-            tracing::warn!(name, "address name already claimed on another node");
-        }
-        Box::pin(c.add_user(&name)).await;
-        c.publish_line(&ServerLine::Joined { name: name.clone() }, true);
-    }
+    user.outbox
+        .push(ServerLine::Welcome { name: name.clone() }.to_bytes());
+    hub.join(&name, &user).await;
 
-    let mut session = Session {
+    let mut conn = Connection {
         name,
-        peer,
-        shared: shared.clone(),
+        user,
+        hub: hub.clone(),
         congested: Vec::new(),
         batch: BytesMut::new(),
     };
-    let (reason, notify) = session.read_loop(reader, &shutdown).await;
-    let Session { name, peer, .. } = session;
+    let reason = conn.read_loop(reader, &shutdown).await;
+    let Connection { name, user, .. } = conn;
     drop(slot);
-    shared.registry.leave(&name, peer.id, reason, notify);
-    if let Some(c) = &shared.cluster {
-        Box::pin(c.remove_user(&name)).await;
-        let reason = if notify {
-            reason
-        } else {
-            LeaveReason::Shutdown
-        };
-        c.publish_line(
-            &ServerLine::Left {
-                name: name.clone(),
-                reason: reason.as_str().into(),
-            },
-            true,
-        );
-    }
+    hub.leave(&name, &user, reason).await;
     match reason {
         LeaveReason::TooSlow => {
             tracing::warn!(name, %addr, "slow consumer disconnected: outbound queue full")
@@ -187,12 +125,12 @@ pub async fn serve_in_slot<R, W, S>(
         LeaveReason::Quit => tracing::info!(name, %addr, "disconnected"),
         _ => tracing::info!(name, %addr, reason = reason.as_str(), "disconnected"),
     }
-    // The registry has let go of the peer; dropping ours closes the queue,
-    // so the writer flushes what is left and ends. A client that does not
-    // read gets `grace` to take it, then the writer is stopped.
-    drop(peer);
+    // The hub has let go of the user; dropping ours closes the queue, so
+    // the writer flushes what is left and ends. A client that does not read
+    // gets `grace` to take it, then the writer is stopped.
+    drop(user);
     let abort = writer.abort_handle();
-    if tokio::time::timeout(shared.config.shutdown_grace, writer)
+    if tokio::time::timeout(hub.config().shutdown_grace, writer)
         .await
         .is_err()
     {
@@ -201,49 +139,40 @@ pub async fn serve_in_slot<R, W, S>(
 }
 
 /// The reading side of a connection and the user's current name.
-struct Session {
+struct Connection {
     name: String,
-    peer: Arc<Peer>,
-    shared: Arc<Shared>,
+    user: Arc<User>,
+    hub: Arc<Hub>,
     /// Recipients whose queues this user's last line left over half full.
-    /// Before reading on, the session waits for them to drain: backpressure
-    /// that slows a flooding sender to its slowest reader's pace.
-    congested: Vec<Arc<Peer>>,
+    /// Before reading on, the connection waits for them to drain:
+    /// backpressure that slows a flooding sender to its slowest reader's
+    /// pace.
+    congested: Vec<Arc<User>>,
     /// Public lines of this read not yet broadcast, encoded.
     batch: BytesMut,
 }
 
-impl Session {
-    fn registry(&self) -> &Registry {
-        &self.shared.registry
-    }
-
+impl Connection {
     fn reply(&self, line: ServerLine) {
-        self.peer.outbox.push(wire(&line));
+        self.user.outbox.push(line.to_bytes());
     }
 
     /// Broadcasts the batched public lines, if any, as one buffer.
     fn flush(&mut self) {
-        if self.batch.is_empty() {
-            return;
+        if !self.batch.is_empty() {
+            self.hub
+                .say(self.batch.split().freeze(), &mut self.congested);
         }
-        let bytes = self.batch.split().freeze();
-        if let Some(c) = &self.shared.cluster {
-            c.publish_wire(&bytes, false);
-        }
-        let congested = self.shared.registry.broadcast(bytes);
-        self.congested.extend(congested);
     }
 
-    /// Reads and handles lines until the connection should end. Returns why,
-    /// and whether the others should be told (not at server shutdown).
+    /// Reads and handles lines until the connection should end. Returns why.
     async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
         mut reader: R,
         shutdown: &CancellationToken,
-    ) -> (LeaveReason, bool) {
-        let shared = self.shared.clone();
-        let config = &shared.config;
+    ) -> LeaveReason {
+        let hub = self.hub.clone();
+        let config = hub.config();
         let mut codec = LineCodec::new(config.max_line, config.discard_limit());
         let idle = config.idle_timeout;
         let far = Duration::from_secs(86400 * 365);
@@ -264,18 +193,18 @@ impl Session {
             }
             // Redis behind on this node's publishes holds senders back the
             // same way as a slow reader does.
-            let cluster = shared.cluster.as_ref().filter(|c| c.congested());
-            if !self.congested.is_empty() || cluster.is_some() {
+            let cluster_behind = hub.cluster_behind();
+            if !self.congested.is_empty() || cluster_behind {
                 let congested = std::mem::take(&mut self.congested);
                 tokio::select! {
                     biased;
                     end = self.ended(shutdown) => return end,
                     _ = async {
-                        for p in &congested {
-                            p.outbox.relieve().await;
+                        for u in &congested {
+                            u.outbox.wait_for_room().await;
                         }
-                        if let Some(c) = cluster {
-                            c.relieve().await;
+                        if cluster_behind {
+                            hub.wait_for_cluster().await;
                         }
                     } => {}
                 }
@@ -298,7 +227,7 @@ impl Session {
                     self.reply(ServerLine::Bye {
                         reason: format!("idle for more than {secs} s"),
                     });
-                    return (LeaveReason::Idle, true);
+                    return LeaveReason::Idle;
                 }
                 read = reader.read_buf(&mut buf) => match read {
                     Ok(0) => {
@@ -310,7 +239,7 @@ impl Session {
                             }
                         }
                         self.flush();
-                        return (LeaveReason::Quit, true);
+                        return LeaveReason::Quit;
                     }
                     Ok(n) => {
                         chunk = if n == room { (chunk * 2).min(MAX_READ) } else { SMALL_READ };
@@ -320,7 +249,7 @@ impl Session {
                     }
                     Err(e) => {
                         tracing::debug!(name = self.name, "read failed: {e}");
-                        return (LeaveReason::Error, true);
+                        return LeaveReason::Error;
                     }
                 }
             }
@@ -329,19 +258,18 @@ impl Session {
 
     /// Resolves when the connection must end for a reason other than its
     /// own input: the server is shutting down (the user is told why) or the
-    /// user was cut off for not reading. Same result shape as
-    /// [`Session::read_loop`].
+    /// user was cut off for not reading.
     ///
-    /// A failed write does not end the session: a client that sends a line
-    /// and closes at once, without reading what it was sent, resets the
-    /// connection, and the next write to it fails while its last lines are
-    /// still waiting in the socket. Those lines count, so reading goes on
-    /// until the read side ends too (at once, after the buffered data, on a
-    /// reset connection).
-    async fn ended(&self, shutdown: &CancellationToken) -> (LeaveReason, bool) {
+    /// A failed write does not end the connection: a client that sends a
+    /// line and closes at once, without reading what it was sent, resets
+    /// the connection, and the next write to it fails while its last lines
+    /// are still waiting in the socket. Those lines count, so reading goes
+    /// on until the read side ends too (at once, after the buffered data,
+    /// on a reset connection).
+    async fn ended(&self, shutdown: &CancellationToken) -> LeaveReason {
         let cut = async {
-            self.peer.outbox.cut().await;
-            match self.peer.outbox.cut_reason() {
+            self.user.outbox.cut().await;
+            match self.user.outbox.cut_reason() {
                 LeaveReason::TooSlow => LeaveReason::TooSlow,
                 _ => std::future::pending().await,
             }
@@ -350,13 +278,13 @@ impl Session {
             biased;
             _ = shutdown.cancelled() => {
                 self.reply(ServerLine::Bye { reason: "server shutting down".into() });
-                (LeaveReason::Quit, false)
+                LeaveReason::Shutdown
             }
-            reason = cut => (reason, true),
+            reason = cut => reason,
         }
     }
 
-    fn flooded(&mut self, e: FrameError) -> (LeaveReason, bool) {
+    fn flooded(&mut self, e: FrameError) -> LeaveReason {
         // The complete lines before the flood still count.
         self.flush();
         match e {
@@ -364,9 +292,9 @@ impl Session {
                 self.reply(ServerLine::Bye {
                     reason: format!("more than {limit} bytes without a newline"),
                 });
-                (LeaveReason::Flood, true)
+                LeaveReason::Flood
             }
-            FrameError::Io(_) => (LeaveReason::Error, true),
+            FrameError::Io(_) => LeaveReason::Error,
         }
     }
 
@@ -376,7 +304,7 @@ impl Session {
         let bytes = match frame {
             Frame::Line(bytes) => bytes,
             Frame::TooLong => {
-                let max = self.shared.config.max_line;
+                let max = self.hub.config().max_line;
                 return self.reply(ServerLine::error(
                     ErrorCode::TooLong,
                     format!("line longer than {max} bytes was discarded"),
@@ -400,44 +328,11 @@ impl Session {
                 }
             }
             Command::Who => {
-                let cluster_names = match &self.shared.cluster {
-                    Some(c) => Box::pin(c.who()).await,
-                    None => None,
-                };
-                let reply = match cluster_names {
-                    Some(names) => Registry::who_reply(names),
-                    None => self.registry().who(),
-                };
-                self.peer.outbox.push(reply);
+                let names = self.hub.who().await;
+                self.user.outbox.push(ServerLine::encode_who(&names));
             }
             Command::Rename(new) => self.rename(new).await,
-            Command::Whisper { to, text } => {
-                if text.trim().is_empty() {
-                    return self.reply(ServerLine::error(
-                        ErrorCode::EmptyMessage,
-                        "message is empty; usage: to|NAME|MESSAGE",
-                    ));
-                }
-                let text = visible(text);
-                match self.registry().whisper(&self.peer, &self.name, to, &text) {
-                    Ok(congested) => self.congested.extend(congested),
-                    Err(e) => {
-                        // Not here: maybe on another node of the cluster.
-                        let remote = match &self.shared.cluster {
-                            Some(c) => Box::pin(c.whisper(&self.name, to, &text)).await,
-                            None => false,
-                        };
-                        if remote {
-                            self.reply(ServerLine::Sent {
-                                to: to.into(),
-                                text: text.into_owned(),
-                            });
-                        } else {
-                            self.reply(e);
-                        }
-                    }
-                }
-            }
+            Command::Whisper { to, text } => self.whisper(to, text).await,
             Command::Malformed(usage) => self.reply(ServerLine::error(
                 ErrorCode::Usage,
                 format!("malformed command; usage: {usage}"),
@@ -445,46 +340,46 @@ impl Session {
         }
     }
 
-    async fn rename(&mut self, new: &str) {
-        if let Err(e) = validate_name(new) {
+    async fn whisper(&mut self, to: &str, text: &str) {
+        if text.trim().is_empty() {
             return self.reply(ServerLine::error(
-                ErrorCode::BadName,
-                format!("invalid name '{}': {e}", visible(new)),
+                ErrorCode::EmptyMessage,
+                "message is empty; usage: to|NAME|MESSAGE",
             ));
         }
-        let cluster = self.shared.cluster.clone().filter(|_| new != self.name);
-        // In a cluster the name is first claimed atomically in Redis, so of
-        // concurrent renames on different nodes exactly one wins.
-        if let Some(c) = &cluster {
-            if !Box::pin(c.claim(new)).await {
-                return self.reply(ServerLine::error(
-                    ErrorCode::NameTaken,
-                    format!("name '{new}' is taken"),
-                ));
+        let text = visible(text);
+        match self.hub.whisper(&self.name, to, &text).await {
+            Ok(congested) => {
+                self.congested.extend(congested);
+                self.reply(ServerLine::Sent {
+                    to: to.into(),
+                    text: text.into_owned(),
+                });
             }
+            Err(NoSuchUser) => self.reply(ServerLine::error(
+                ErrorCode::NoSuchUser,
+                format!("no user named '{}' is online", visible(to)),
+            )),
         }
-        match self.shared.registry.rename(&self.peer, &self.name, new) {
+    }
+
+    async fn rename(&mut self, new: &str) {
+        match self.hub.rename(&self.user, &self.name, new).await {
             Ok(()) => {
-                tracing::info!(old = self.name, new, "renamed");
-                let old = std::mem::replace(&mut self.name, new.to_string());
-                if let Some(c) = &cluster {
-                    Box::pin(c.remove_user(&old)).await;
-                    Box::pin(c.add_user(new)).await;
-                    c.publish_line(
-                        &ServerLine::NameChanged {
-                            old,
-                            new: new.into(),
-                        },
-                        true,
-                    );
+                if self.name != new {
+                    tracing::info!(old = self.name, new, "renamed");
+                    self.name = new.to_string();
                 }
+                self.reply(ServerLine::Renamed { name: new.into() });
             }
-            Err(e) => {
-                if let Some(c) = &cluster {
-                    Box::pin(c.release(new)).await;
-                }
-                self.reply(e)
-            }
+            Err(RenameError::Invalid(e)) => self.reply(ServerLine::error(
+                ErrorCode::BadName,
+                format!("invalid name '{}': {e}", visible(new)),
+            )),
+            Err(RenameError::Taken) => self.reply(ServerLine::error(
+                ErrorCode::NameTaken,
+                format!("name '{new}' is taken"),
+            )),
         }
     }
 }
@@ -494,8 +389,8 @@ mod tests {
     use super::*;
     use crate::server::Config;
 
-    fn shared() -> Arc<Shared> {
-        Arc::new(Shared::new(Config::default()))
+    fn hub() -> Arc<Hub> {
+        Hub::new(Config::default(), None)
     }
 
     /// Per-connection memory matters at 10,000 connections: the session's
@@ -507,7 +402,7 @@ mod tests {
             tokio::io::empty(),
             tokio::io::sink(),
             addr,
-            shared(),
+            hub(),
             CancellationToken::new(),
         );
         let size = std::mem::size_of_val(&fut);
@@ -534,16 +429,9 @@ mod tests {
             .write(b"error no-such-user: no user named 'nobody' is online\n")
             .write(b"<alice> hi there\n")
             .build();
-        let shared = shared();
-        serve(
-            reader,
-            writer,
-            addr,
-            shared.clone(),
-            CancellationToken::new(),
-        )
-        .await;
-        assert!(shared.registry.is_empty(), "user left at EOF");
+        let hub = hub();
+        serve(reader, writer, addr, hub.clone(), CancellationToken::new()).await;
+        assert!(hub.is_empty(), "user left at EOF");
     }
 
     /// Last words: a client whose connection fails for writing (it closed
@@ -551,16 +439,11 @@ mod tests {
     /// line it sent before closing broadcast.
     #[tokio::test]
     async fn lines_sent_before_a_failed_write_still_count() {
-        let shared = shared();
-        let (outbox, drain) = outbox(1 << 20, Duration::from_secs(1), Budget::new(usize::MAX));
+        let hub = hub();
+        let (observer, drain) = hub.new_user("127.0.0.1:3999".parse().unwrap());
         let (w, mut seen) = tokio::io::duplex(1 << 16);
-        tokio::spawn(drain.run(w));
-        let observer = Arc::new(Peer {
-            id: shared.registry.next_id(),
-            addr: "127.0.0.1:3999".parse().unwrap(),
-            outbox,
-        });
-        shared.registry.join("observer", observer.clone());
+        tokio::spawn(drain.write_to(w));
+        hub.join("observer", &observer).await;
 
         let addr: SocketAddr = "127.0.0.1:4002".parse().unwrap();
         // The line arrives only after the first write has failed.
@@ -571,14 +454,7 @@ mod tests {
         let writer = tokio_test::io::Builder::new()
             .write_error(std::io::ErrorKind::BrokenPipe.into())
             .build();
-        serve(
-            reader,
-            writer,
-            addr,
-            shared.clone(),
-            CancellationToken::new(),
-        )
-        .await;
+        serve(reader, writer, addr, hub.clone(), CancellationToken::new()).await;
 
         let mut got = String::new();
         let mut buf = [0u8; 4096];
@@ -622,11 +498,14 @@ mod tests {
         const FROZEN: usize = 20;
         const LINES: usize = 1500;
         let limit = 64 * 1024;
-        let shared = Arc::new(Shared::new(Config {
-            max_queued_bytes: limit,
-            stall_timeout: Duration::from_millis(20),
-            ..Config::default()
-        }));
+        let hub = Hub::new(
+            Config {
+                max_queued_bytes: limit,
+                stall_timeout: Duration::from_millis(20),
+                ..Config::default()
+            },
+            None,
+        );
         let mut servers = Vec::new();
         let mut user = |port: u16, buffer: usize| {
             let (to_server, from_client) = tokio::io::duplex(4096);
@@ -636,7 +515,7 @@ mod tests {
                 from_client,
                 to_client,
                 addr,
-                shared.clone(),
+                hub.clone(),
                 CancellationToken::new(),
             )));
             (to_server, BufReader::new(from_server))
@@ -646,10 +525,10 @@ mod tests {
         let (mut sender, mut echo) = user(4000, 1 << 16);
         let (reader_in, mut reader) = user(4001, 1 << 16);
         let line = |i: usize| format!("{i:06} {}", "x".repeat(40));
-        while shared.registry.len() < FROZEN + 2 {
+        while hub.len() < FROZEN + 2 {
             tokio::task::yield_now().await; // every session has joined
         }
-        let per_line = (FROZEN + 2) * (line(0).len() + 20 + crate::outbox::LINE_COST);
+        let per_line = (FROZEN + 2) * (line(0).len() + 20 + crate::server::outbox::LINE_COST);
         let mut peak = 0;
         for i in 0..LINES {
             sender
@@ -661,23 +540,21 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(10), expect_from_4000(&mut echo, &want))
                 .await
                 .expect("the sender's line came back");
-            peak = peak.max(shared.budget.used());
+            peak = peak.max(hub.budget().used());
             assert!(
-                shared.budget.used() <= limit + per_line,
+                hub.budget().used() <= limit + per_line,
                 "line {i}: {} bytes queued, budget {limit}",
-                shared.budget.used()
+                hub.budget().used()
             );
             tokio::time::timeout(
                 Duration::from_secs(10),
                 expect_from_4000(&mut reader, &want),
             )
             .await
-            .unwrap_or_else(|_| {
-                panic!("the reader got line {i} ({} online)", shared.registry.len())
-            });
+            .unwrap_or_else(|_| panic!("the reader got line {i} ({} online)", hub.len()));
         }
         assert_eq!(
-            shared.registry.len(),
+            hub.len(),
             2,
             "every non-reader was cut, the sender and reader were not"
         );
@@ -692,7 +569,7 @@ mod tests {
                 .expect("session ended")
                 .unwrap();
         }
-        assert_eq!(shared.budget.used(), 0, "every charge came back");
+        assert_eq!(hub.budget().used(), 0, "every charge came back");
     }
 
     /// At shutdown a connected user is told why before the socket closes,
@@ -710,6 +587,6 @@ mod tests {
             .build();
         let stop = CancellationToken::new();
         stop.cancel();
-        serve(reader, writer, addr, shared(), stop).await;
+        serve(reader, writer, addr, hub(), stop).await;
     }
 }

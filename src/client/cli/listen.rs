@@ -40,7 +40,7 @@ pub struct ListenArgs {
 }
 
 /// Runs `imc listen`.
-pub async fn run(args: &Args, opts: &ListenArgs) -> Result<(), CliError> {
+pub async fn listen(args: &Args, opts: &ListenArgs) -> Result<(), CliError> {
     let mut client = connect(args).await?;
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     if opts.count == Some(0) {
@@ -59,7 +59,7 @@ pub async fn run(args: &Args, opts: &ListenArgs) -> Result<(), CliError> {
             None => client.next_event().await?,
         };
         let Some(event) = event else {
-            return Err(ClientError::Lost("server closed the connection".into()).into());
+            return Err(ClientError::closed().into());
         };
         print(&client, &event, opts.json)?;
         if output::is_message(&event) {

@@ -15,6 +15,8 @@
 //! back to its sender as a broadcast, which the server queues for everyone in
 //! the same step. So when [`Client::say`] returns, every online user has been
 //! sent the message.
+//!
+//! (Over 400 lines: about 80 of them are tests against a scripted server.)
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -26,7 +28,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
-use crate::codec::{Frame, LineCodec};
+use crate::protocol::codec::{Frame, LineCodec};
 use crate::protocol::{Command, ErrorCode, ServerLine};
 
 /// Longest server line the client accepts. Server lines carry user text of
@@ -48,15 +50,40 @@ pub enum ClientError {
         addr: String,
         source: std::io::Error,
     },
-    /// The server refused the command.
+    /// The server refused the request.
     #[error("{message} ({code})")]
     Refused { code: ErrorCode, message: String },
-    /// The connection ended (the reason, if the server gave one).
+    /// This client did not send the request: the server could never
+    /// confirm it, or would read it as something else.
+    #[error("{0} (not sent)")]
+    Unsendable(Unsendable),
+    /// The connection ended: the server said why (`bye`), closed it, or
+    /// it failed.
     #[error("connection lost: {0}")]
     Lost(String),
     /// Nothing happened in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+}
+
+/// Why a request was not sent. Each is something the user can fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsendable {
+    /// The server ignores empty lines, so it would never confirm one.
+    #[error("message is empty")]
+    Empty,
+    /// A line break would split it into several lines (commands even).
+    #[error("a message is one line; send each line separately")]
+    LineBreak,
+    /// The server would take it as a command (`who`, `rename|..`, `to|..`).
+    #[error("{0:?} would be read as a command, not sent as a message")]
+    Command(String),
+    /// No user can have this name: it is empty or holds `|` or a line break.
+    #[error("no user named {0:?} is online")]
+    NoSuchName(String),
+    /// A name with a line break cannot be sent as one line.
+    #[error("invalid name {0:?}: no line breaks")]
+    NameLineBreak(String),
 }
 
 /// One connection to an imd server.
@@ -178,13 +205,8 @@ impl Client {
         // a text would never come back as a message (and `rename|` would
         // rename us).
         if !matches!(Command::parse(text), Command::Say(_)) {
-            return Err(ClientError::Refused {
-                code: ErrorCode::Usage,
-                message: format!(
-                    "{:?} would be read as a command, not sent as a message",
-                    crate::protocol::visible(text)
-                ),
-            });
+            let text = crate::protocol::visible(text).into_owned();
+            return Err(ClientError::Unsendable(Unsendable::Command(text)));
         }
         self.send(Command::Say(text)).await?;
         let me = self.name.clone();
@@ -200,10 +222,7 @@ impl Client {
     pub async fn whisper(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
         check_text(text)?;
         if to.is_empty() || to.contains(['|', '\n', '\r']) {
-            return Err(ClientError::Refused {
-                code: ErrorCode::NoSuchUser,
-                message: format!("no user named {to:?} is online"),
-            });
+            return Err(ClientError::Unsendable(Unsendable::NoSuchName(to.into())));
         }
         self.send(Command::Whisper { to, text }).await?;
         self.wait_for(|l| match l {
@@ -217,10 +236,9 @@ impl Client {
     /// Claims `name` for this connection.
     pub async fn rename(&mut self, name: &str) -> Result<(), ClientError> {
         if name.contains(['\n', '\r']) {
-            return Err(ClientError::Refused {
-                code: ErrorCode::BadName,
-                message: format!("invalid name {name:?}: no line breaks"),
-            });
+            return Err(ClientError::Unsendable(Unsendable::NameLineBreak(
+                name.into(),
+            )));
         }
         self.send(Command::Rename(name)).await?;
         let new = self
@@ -239,7 +257,7 @@ impl Client {
         self.send(Command::Who).await?;
         let mut names = Vec::new();
         loop {
-            let line = self.read_line().await?;
+            let line = self.read_line().await?.ok_or_else(ClientError::closed)?;
             match line {
                 Event::Line(ServerLine::WhoItem { name }) => names.push(name),
                 Event::Line(ServerLine::WhoEnd { .. }) => return Ok(names),
@@ -257,11 +275,7 @@ impl Client {
         if let Some(e) = self.events.pop_front() {
             return Ok(Some(e));
         }
-        match self.read_line().await {
-            Ok(e) => Ok(Some(e)),
-            Err(ClientError::Lost(r)) if r.is_empty() => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.read_line().await
     }
 
     /// Reads lines until `pick` returns a result; other lines are kept as
@@ -271,8 +285,8 @@ impl Client {
         mut pick: impl FnMut(&ServerLine) -> Option<Result<T, ClientError>>,
     ) -> Result<T, ClientError> {
         loop {
-            match self.read_line().await {
-                Ok(Event::Line(line)) => {
+            match self.read_line().await?.ok_or_else(ClientError::closed)? {
+                Event::Line(line) => {
                     if let Some(result) = pick(&line) {
                         return result;
                     }
@@ -281,28 +295,24 @@ impl Client {
                     }
                     self.keep_event(Event::Line(line));
                 }
-                Ok(raw @ Event::Raw(_)) => self.keep_event(raw),
-                Err(ClientError::Lost(r)) if r.is_empty() => {
-                    return Err(ClientError::Lost("server closed the connection".into()))
-                }
-                Err(e) => return Err(e),
+                raw @ Event::Raw(_) => self.keep_event(raw),
             }
         }
     }
 
-    /// Reads one line. End of stream is `Lost("")`.
-    async fn read_line(&mut self) -> Result<Event, ClientError> {
+    /// Reads one line; `None` at the end of the stream.
+    async fn read_line(&mut self) -> Result<Option<Event>, ClientError> {
         loop {
             match self.lines.next().await {
-                None => return Err(ClientError::Lost(String::new())),
+                None => return Ok(None),
                 Some(Err(e)) => return Err(ClientError::Lost(e.to_string())),
                 Some(Ok(Frame::TooLong)) => continue,
                 Some(Ok(Frame::Line(bytes))) => {
                     let text = String::from_utf8_lossy(&bytes);
-                    return Ok(match ServerLine::parse(&text) {
+                    return Ok(Some(match ServerLine::parse(&text) {
                         Some(l) => Event::Line(l),
                         None => Event::Raw(text.into_owned()),
-                    });
+                    }));
                 }
             }
         }
@@ -329,20 +339,21 @@ fn refused<T>(line: &ServerLine) -> Result<T, ClientError> {
     }
 }
 
+impl ClientError {
+    /// The connection ended without a word from the server.
+    pub fn closed() -> ClientError {
+        ClientError::Lost("server closed the connection".into())
+    }
+}
+
 /// Text that the server would ignore or split can never be confirmed, so it
-/// is refused before sending.
+/// is not sent.
 fn check_text(text: &str) -> Result<(), ClientError> {
     if text.trim().is_empty() {
-        return Err(ClientError::Refused {
-            code: ErrorCode::EmptyMessage,
-            message: "message is empty".into(),
-        });
+        return Err(ClientError::Unsendable(Unsendable::Empty));
     }
     if text.contains(['\n', '\r']) {
-        return Err(ClientError::Refused {
-            code: ErrorCode::Usage,
-            message: "a message is one line; send each line separately".into(),
-        });
+        return Err(ClientError::Unsendable(Unsendable::LineBreak));
     }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! How events look on stdout, and writing lines there.
 //!
 //! Human output is the server's own line (`<alice> hi`, `*bob* psst`,
-//! `*** carol is online`): it is already readable, and people who used the
-//! seed know it. JSON output is one object per line with the same four
+//! `*** carol is online`): it is already readable, and it is what `nc`
+//! shows. JSON output is one object per line with the same four
 //! fields for every kind, `null` where a field does not apply:
 //!
 //! ```text
@@ -13,6 +13,7 @@
 //! offline   NAME   null   REASON      *** NAME is offline (REASON)
 //! rename    OLD    NEW    null        *** OLD is now known as NEW
 //! bye       null   null   REASON      *** bye: REASON
+//! cluster   null   null   TEXT        *** cluster: TEXT
 //! other     null   null   LINE        anything else, as received
 //! ```
 //!

@@ -16,7 +16,7 @@ use tokio_util::codec::FramedRead;
 
 use super::text::{decode_bytes, substitute, Mode, Vars};
 use super::{Pattern, Step};
-use crate::codec::{Frame, LineCodec};
+use crate::protocol::codec::{Frame, LineCodec};
 
 /// Every client's traffic with timestamps, shared with the reader tasks.
 pub type SharedLog = Arc<Mutex<Log>>;

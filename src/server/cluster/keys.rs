@@ -1,0 +1,72 @@
+//! The cluster's key schema in Redis, and the Lua scripts that read or
+//! change several keys in one atomic step. Every Redis key and channel
+//! name is spelled here and nowhere else:
+//!
+//! ```text
+//! imchat:all              channel: public lines and presence notices, to every node
+//! imchat:node:<N>         channel: whispers for users on node N
+//! imchat:name:<NAME>      string: the node that holds NAME (claimed with SET NX)
+//! imchat:users:<N>        set: who is on node N (for `who`)
+//! imchat:alive:<N>        string with a TTL: node N is alive
+//! imchat:nodes            set: every node that may need reaping
+//! imchat:reap:<N>         string with a TTL: which node reaps dead node N
+//! ```
+
+use redis::aio::ConnectionManager;
+
+/// The channel every node subscribes to.
+pub(super) const ALL: &str = "imchat:all";
+/// Every node that may need reaping.
+pub(super) const NODES: &str = "imchat:nodes";
+
+/// Holds the id of the node that claimed `name`.
+pub(super) fn name_key(name: &str) -> String {
+    format!("imchat:name:{name}")
+}
+/// The names online on `node`.
+pub(super) fn users_key(node: &str) -> String {
+    format!("imchat:users:{node}")
+}
+/// Exists while `node` is alive.
+pub(super) fn alive_key(node: &str) -> String {
+    format!("imchat:alive:{node}")
+}
+/// Held by the one node that reaps dead `node`.
+pub(super) fn reap_key(node: &str) -> String {
+    format!("imchat:reap:{node}")
+}
+/// `node`'s own channel, for whispers to its users.
+pub(super) fn node_channel(node: &str) -> String {
+    format!("imchat:node:{node}")
+}
+
+/// Deletes a key only if it still holds our value (a name claim we own).
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// Everyone on every live node, in one atomic step.
+pub(super) const WHO: &str = r"
+local out = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', 'imchat:alive:' .. n) == 1 then
+    for _, u in ipairs(redis.call('SMEMBERS', 'imchat:users:' .. n)) do
+      table.insert(out, u)
+    end
+  end
+end
+return out";
+
+/// Frees `name` if `node` still holds it (a later claim by someone else is
+/// left alone).
+pub(super) async fn release_claim(
+    c: &mut ConnectionManager,
+    name: &str,
+    node: &str,
+) -> redis::RedisResult<i64> {
+    redis::Script::new(RELEASE)
+        .key(name_key(name))
+        .arg(node)
+        .invoke_async(c)
+        .await
+}

@@ -1,0 +1,252 @@
+//! Who is where in the cluster: this node's liveness, name claims, the
+//! users of each node, and reaping nodes that died without leaving.
+//!
+//! ```text
+//! SET  imchat:name:<NAME> <node> NX     a name claim: unique across the cluster (atomic)
+//! SADD imchat:users:<node> NAME         who is on each node (for `who`)
+//! SET  imchat:alive:<node> 1 EX <ttl>   liveness, refreshed every ttl/3
+//! SADD imchat:nodes <node>              every node that may need reaping
+//! ```
+//!
+//! While Redis is unreachable, claims succeed locally and are made again
+//! by [`Cluster::repair`] when it comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::keys::{alive_key, name_key, reap_key, release_claim, users_key, NODES, WHO};
+use super::{Cluster, LocalNode};
+use crate::protocol::{LeaveReason, ServerLine};
+
+impl Cluster {
+    /// Marks this node alive and a member.
+    pub(super) async fn register(&self) -> redis::RedisResult<()> {
+        let mut c = self.conn();
+        redis::pipe()
+            .cmd("SET")
+            .arg(alive_key(&self.node))
+            .arg(1)
+            .arg("EX")
+            .arg(self.config.ttl.as_secs().max(1))
+            .ignore()
+            .cmd("SADD")
+            .arg(NODES)
+            .arg(&self.node)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+    }
+
+    /// Claims `name` across the cluster. False if someone has it.
+    /// While Redis is unreachable, claims succeed locally and are made again
+    /// when the cluster comes back.
+    pub async fn claim(&self, name: &str) -> bool {
+        if !self.is_healthy() {
+            return true;
+        }
+        let mut c = self.conn();
+        let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(name_key(name))
+            .arg(&self.node)
+            .arg("NX")
+            .query_async(&mut c)
+            .await;
+        match r {
+            Ok(Some(_)) => true,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!("redis: claim {name}: {e}");
+                true
+            }
+        }
+    }
+
+    /// Gives up a claim without touching `who` (a rename that failed).
+    pub async fn release(&self, name: &str) {
+        let r = release_claim(&mut self.conn(), name, &self.node).await;
+        if let Err(e) = r {
+            tracing::debug!("redis: release {name}: {e}");
+        }
+    }
+
+    /// Records that `name` is online here (after a successful claim).
+    pub async fn add_user(&self, name: &str) {
+        self.users_cmd("SADD", name).await;
+    }
+
+    /// Gives up `name`: no longer claimed, no longer in `who`.
+    pub async fn remove_user(&self, name: &str) {
+        self.users_cmd("SREM", name).await;
+        if self.is_healthy() {
+            self.release(name).await;
+        }
+    }
+
+    async fn users_cmd(&self, cmd: &str, name: &str) {
+        if !self.is_healthy() {
+            return;
+        }
+        let mut c = self.conn();
+        let r: redis::RedisResult<i64> = redis::cmd(cmd)
+            .arg(users_key(&self.node))
+            .arg(name)
+            .query_async(&mut c)
+            .await;
+        if let Err(e) = r {
+            tracing::debug!("redis: {cmd} {name}: {e}");
+        }
+    }
+
+    /// Everyone online in the cluster, or `None` if Redis cannot say now.
+    pub async fn who(&self) -> Option<Vec<String>> {
+        if !self.is_healthy() {
+            return None;
+        }
+        let mut c = self.conn();
+        redis::Script::new(WHO)
+            .key(NODES)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| tracing::warn!("redis: who: {e}"))
+            .ok()
+    }
+
+    /// Re-registers this node and everything about its users: after a
+    /// reconnect, Redis may have restarted empty, or reaped us.
+    pub(super) async fn repair(&self, local: &dyn LocalNode) -> redis::RedisResult<()> {
+        self.register().await?;
+        let names = local.names();
+        let mut c = self.conn();
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(users_key(&self.node)).ignore();
+        for n in &names {
+            pipe.cmd("SADD").arg(users_key(&self.node)).arg(n).ignore();
+            pipe.cmd("SET").arg(name_key(n)).arg(&self.node).arg("NX");
+        }
+        let claims: Vec<Option<String>> = pipe.query_async(&mut c).await?;
+        for (n, claimed) in names.iter().zip(claims) {
+            if claimed.is_none() {
+                let owner: Option<String> = redis::cmd("GET")
+                    .arg(name_key(n))
+                    .query_async(&mut c)
+                    .await?;
+                if owner.as_deref() != Some(self.node.as_str()) {
+                    tracing::warn!(
+                        name = n,
+                        ?owner,
+                        "name taken on another node while the cluster was paused"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refreshes this node's liveness and reaps nodes that stopped.
+    pub(super) async fn heartbeat(
+        self: Arc<Self>,
+        local: Arc<dyn LocalNode>,
+        stop: CancellationToken,
+    ) {
+        let every = (self.config.ttl / 3).max(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if !self.is_healthy() {
+                continue;
+            }
+            if let Err(e) = self.register().await {
+                tracing::warn!("redis: heartbeat failed: {e}");
+                continue;
+            }
+            if let Err(e) = self.reap(&*local).await {
+                tracing::warn!("redis: reaping failed: {e}");
+            }
+        }
+    }
+
+    /// Frees the names of nodes whose liveness expired and tells everyone
+    /// their users went offline. One node reaps each dead node.
+    async fn reap(&self, local: &dyn LocalNode) -> redis::RedisResult<()> {
+        let mut c = self.conn();
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(NODES)
+            .query_async(&mut c)
+            .await?;
+        for node in nodes.into_iter().filter(|n| *n != self.node) {
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(alive_key(&node))
+                .query_async(&mut c)
+                .await?;
+            if alive {
+                continue;
+            }
+            let mine: Option<String> = redis::cmd("SET")
+                .arg(reap_key(&node))
+                .arg(&self.node)
+                .arg("NX")
+                .arg("EX")
+                .arg(60)
+                .query_async(&mut c)
+                .await?;
+            if mine.is_none() {
+                continue;
+            }
+            let users: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(users_key(&node))
+                .query_async(&mut c)
+                .await?;
+            tracing::warn!(
+                node,
+                users = users.len(),
+                "node stopped without leaving; removing its users"
+            );
+            for u in &users {
+                release_claim(&mut c, u, &node).await?;
+                let line = ServerLine::Left {
+                    name: u.clone(),
+                    reason: LeaveReason::NodeLost.as_str().into(),
+                }
+                .to_bytes();
+                local.notice(line.clone());
+                self.publish_notice(&line);
+            }
+            let _: () = redis::pipe()
+                .cmd("DEL")
+                .arg(users_key(&node))
+                .ignore()
+                .cmd("SREM")
+                .arg(NODES)
+                .arg(&node)
+                .ignore()
+                .query_async(&mut c)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes this node from the cluster (graceful shutdown).
+    pub(super) async fn leave_cluster(&self, local: &dyn LocalNode) -> redis::RedisResult<()> {
+        let mut c = self.conn();
+        for n in local.names() {
+            release_claim(&mut c, &n, &self.node).await?;
+        }
+        redis::pipe()
+            .cmd("DEL")
+            .arg(users_key(&self.node))
+            .ignore()
+            .cmd("DEL")
+            .arg(alive_key(&self.node))
+            .ignore()
+            .cmd("SREM")
+            .arg(NODES)
+            .arg(&self.node)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+    }
+}

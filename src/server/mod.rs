@@ -1,0 +1,30 @@
+//! The server side: everything `imd` runs, and nothing of the client's.
+//!
+//! A public line goes, top to bottom: [`listener`] accepts the socket and
+//! spawns a [`connection`], which frames and parses the line and calls the
+//! [`hub`]; the hub pushes it into each recipient's [`outbox`] (and, in a
+//! [`cluster`], publishes it for the other nodes), whose writer task
+//! writes it to that recipient's socket.
+//!
+//! - [`config`]: the limits, each with the reason for its default.
+//! - [`listener`]: the accept loop, the connection limit, shutdown.
+//! - [`admission`]: limits per client address (not yet wired in).
+//! - [`connection`]: one client's session: read, parse, call the hub, reply.
+//! - [`hub`]: who is online, the protocol's operations, fan-out.
+//! - [`outbox`]: the per-user queue, bounded in bytes, and its writer.
+//! - [`cluster`]: several nodes as one chat over Redis (`imd --redis`),
+//!   plugged in behind the hub.
+//!
+//! Modules depend downwards only: listener → connection → hub → cluster,
+//! outbox; none of them imports from the client side.
+
+pub mod admission;
+pub mod cluster;
+pub mod config;
+pub mod connection;
+pub mod hub;
+pub mod listener;
+pub mod outbox;
+
+pub use config::Config;
+pub use listener::{run, run_in_cluster};
