@@ -10,6 +10,7 @@
 //! - [`protocol`]: lines in both directions as typed values, and their
 //!   framing; the only place the wire format is defined.
 //! - [`net`]: socket settings both ends use (TCP keepalive).
+//! - [`man`]: both binaries' man pages, from their clap definitions.
 //! - [`server`]: `imd`. The accept loop, each connection's session, the
 //!   [`server::hub`] that owns who is online and fans lines out, the
 //!   per-user outbox, and the optional cluster link behind the hub.
@@ -20,6 +21,7 @@
 //!
 //! Nothing under `server` imports from `client`.
 
+pub mod man;
 pub mod net;
 pub mod protocol;
 pub mod server;
