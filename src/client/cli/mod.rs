@@ -8,11 +8,14 @@
 //! - [`repl`]: the 1/2/3/0 menu for people (the default);
 //! - [`output`]: how events look on stdout, and writing them there;
 //! - [`input`]: stdin lines read on a plain thread, so a pending read can
-//!   never hold up the exit of the process.
+//!   never hold up the exit of the process;
+//! - [`docs`]: `completions` and `man`, generated from these definitions
+//!   (they need no server).
 //!
 //! Errors end up as a [`CliError`], whose [`CliError::exit_code`] is the
 //! documented exit status (see [`EXIT_CODES`]).
 
+pub mod docs;
 pub mod input;
 pub mod listen;
 pub mod oneshot;
@@ -142,6 +145,16 @@ pub enum Cmd {
     /// 5000 --duration 3 --server-pid PID`. Exit 4 when a run did not
     /// complete in time.
     Bench(BenchCmd),
+    /// Print a completion script for SHELL on stdout (README: "Completions
+    /// and man pages"), e.g. `imc completions bash >
+    /// ~/.local/share/bash-completion/completions/imc`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print imc's man page (roff) on stdout, e.g. `imc man >
+    /// ~/.local/share/man/man1/imc.1`, or read it with `imc man | man -l -`.
+    Man,
 }
 
 /// `imc bench`'s flags: the closed-loop benchmark's
@@ -275,6 +288,8 @@ pub async fn execute(args: Args) -> Result<(), CliError> {
             expect_timeout,
         } => scenarios(&args, &files, expect_timeout).await,
         Cmd::Bench(opts) => bench(&args, &opts).await,
+        Cmd::Completions { shell } => docs::completions(shell),
+        Cmd::Man => docs::man(),
     }
 }
 
