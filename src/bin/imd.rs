@@ -19,8 +19,13 @@ use tokio::net::TcpListener;
 /// message. See PROTOCOL.md. Logs go to stderr; set RUST_LOG (e.g.
 /// RUST_LOG=debug) to change the level.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "imd", version, after_help = EXIT_CODES)]
 struct Args {
+    /// Print imd's man page (roff) on stdout and exit, e.g. `imd --man >
+    /// ~/.local/share/man/man1/imd.1`. A flag, like --help, because imd
+    /// takes only flags.
+    #[arg(long)]
+    man: bool,
     /// Address to listen on.
     #[arg(long, env = "IMD_IP", default_value = "127.0.0.1")]
     ip: IpAddr,
@@ -69,6 +74,13 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// imd's exit statuses, shown by `imd --help` and in its man page.
+const EXIT_CODES: &str = "\
+Exit status:
+  0  stopped by Ctrl-C or SIGTERM, after the graceful shutdown
+  1  cannot listen on --ip/--port, or cannot reach --redis at start
+  2  usage error: a bad flag or environment variable";
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
     Text,
@@ -78,6 +90,9 @@ enum LogFormat {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man {
+        return man_page();
+    }
     logging(args.log_format);
 
     let config = Config {
@@ -130,6 +145,27 @@ async fn main() -> ExitCode {
     server::run_in_cluster(listener, config, cluster, shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `imd --man`: the man page, on stdout.
+fn man_page() -> ExitCode {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let env = [(
+        "RUST_LOG",
+        "Log level filter (default info), e.g. debug or imchat=debug,warn.",
+    )];
+    let mut page = Vec::new();
+    let written = imchat::man::render(Args::command(), EXIT_CODES, &env, &mut page)
+        .and_then(|()| std::io::stdout().write_all(&page));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imd: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Logs to stderr at the level `RUST_LOG` asks for (`debug`, `warn`,
