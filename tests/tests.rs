@@ -4,6 +4,7 @@
 
 mod bench;
 mod churn;
+mod cli_docs;
 mod cluster;
 mod imc;
 mod limits;
