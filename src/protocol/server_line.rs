@@ -60,6 +60,9 @@ pub enum ErrorCode {
     TooLong,
     /// the connection limit is reached; the server closes the connection.
     ServerFull,
+    /// the client's address has too many connections open, or opened too
+    /// many in the last second; the server closes the connection.
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::Usage => "usage",
             ErrorCode::TooLong => "too-long",
             ErrorCode::ServerFull => "server-full",
+            ErrorCode::TooManyConnections => "too-many-connections",
         }
     }
 
@@ -85,6 +89,7 @@ impl ErrorCode {
             "usage" => ErrorCode::Usage,
             "too-long" => ErrorCode::TooLong,
             "server-full" => ErrorCode::ServerFull,
+            "too-many-connections" => ErrorCode::TooManyConnections,
             _ => return None,
         })
     }
