@@ -302,6 +302,43 @@ fn parse_notice(rest: &str) -> Option<ServerLine> {
 mod tests {
     use super::*;
 
+    /// Every error code reads back as itself, so a client can tell every
+    /// refusal apart (cargo mutants: deleting any arm of `from_wire` went
+    /// unnoticed). The match makes a new code fail to compile here until
+    /// it is added to the list.
+    #[test]
+    fn every_error_code_round_trips() {
+        let all = [
+            ErrorCode::NameTaken,
+            ErrorCode::BadName,
+            ErrorCode::NoSuchUser,
+            ErrorCode::EmptyMessage,
+            ErrorCode::Usage,
+            ErrorCode::TooLong,
+            ErrorCode::ServerFull,
+            ErrorCode::TooManyConnections,
+        ];
+        for code in all {
+            match code {
+                ErrorCode::NameTaken
+                | ErrorCode::BadName
+                | ErrorCode::NoSuchUser
+                | ErrorCode::EmptyMessage
+                | ErrorCode::Usage
+                | ErrorCode::TooLong
+                | ErrorCode::ServerFull
+                | ErrorCode::TooManyConnections => {}
+            }
+            let line = ServerLine::error(code, "why");
+            let wire = line.encode();
+            assert_eq!(
+                ServerLine::parse(wire.trim_end()),
+                Some(line),
+                "{code} does not read back"
+            );
+        }
+    }
+
     #[test]
     fn server_lines_round_trip() {
         let lines = [
