@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use imchat::net::KEEPALIVE;
+use imchat::server::admission::Limits;
 use imchat::server::Config;
 
 use crate::imc::imc_background;
@@ -280,4 +281,83 @@ fn a_reader_slower_than_a_flood_but_reading_is_not_cut() {
     assert_eq!(reader.who(), vec!["flooder", "reader"]);
     flooder.quit(); // ends the echo drain's read
     drain.join().unwrap();
+}
+
+/// A TCP connection to `srv` from the loopback address `from` (127.0.0.x):
+/// how the per-address limits are tested with two source addresses.
+fn connect_from(srv: &TestServer, from: [u8; 4]) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local = std::net::SocketAddr::from((from, 0));
+    sock.bind(&local.into()).unwrap();
+    sock.connect(&srv.addr().into()).unwrap();
+    sock.into()
+}
+
+/// Reads what a refused connection gets: one error line, then the close.
+fn refusal(stream: TcpStream) -> String {
+    stream.set_read_timeout(Some(EXPECT_TIMEOUT)).unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(stream).read_line(&mut line);
+    line
+}
+
+/// `--max-per-ip 2`: a third connection from one address is refused with
+/// `too-many-connections`, another address is unaffected, and a place
+/// freed by a user who left can be taken again.
+#[test]
+fn connections_per_address_are_limited() {
+    let srv = TestServer::with_config(Config {
+        per_ip: Limits {
+            max_per_ip: 2,
+            connects_per_sec: 0,
+        },
+        ..test_config()
+    });
+    let t = srv.transcript.clone();
+    let mut a1 = LineClient::from_stream(connect_from(&srv, [127, 0, 0, 1]), "a1", t.clone());
+    let a2 = LineClient::from_stream(connect_from(&srv, [127, 0, 0, 1]), "a2", t.clone());
+    let got = refusal(connect_from(&srv, [127, 0, 0, 1]));
+    assert!(got.starts_with("error too-many-connections: "), "{got:?}");
+    let mut b = LineClient::from_stream(connect_from(&srv, [127, 0, 0, 2]), "b", t.clone());
+    let a2_name = a2.name.clone();
+    a2.quit();
+    a1.expect(&format!(r"^\*\*\* {} is offline", regex::escape(&a2_name)));
+    let a3 = LineClient::from_stream(connect_from(&srv, [127, 0, 0, 1]), "a3", t);
+    let mut who = b.who();
+    who.sort();
+    let mut want = vec![a1.name.clone(), a3.name.clone(), b.name.clone()];
+    want.sort();
+    assert_eq!(who, want, "the refused connection never joined");
+}
+
+/// `--max-connects-per-ip 3`: connecting over and over from one address is
+/// refused once it passes three a second; another address still gets in.
+#[test]
+fn new_connections_per_address_are_rate_limited() {
+    let srv = TestServer::with_config(Config {
+        per_ip: Limits {
+            max_per_ip: 0,
+            connects_per_sec: 3,
+        },
+        ..test_config()
+    });
+    // Ten in a row: at most three a second get a welcome, so unless the
+    // machine takes over a third of a second per connect, some are refused.
+    let mut welcomed = 0;
+    let mut refused = 0;
+    for _ in 0..10 {
+        let got = refusal(connect_from(&srv, [127, 0, 0, 1]));
+        if got.starts_with("*** welcome") {
+            welcomed += 1;
+        } else {
+            assert!(got.starts_with("error too-many-connections: "), "{got:?}");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 0 && welcomed >= 3,
+        "{welcomed} welcomed, {refused} refused"
+    );
+    let got = refusal(connect_from(&srv, [127, 0, 0, 2]));
+    assert!(got.starts_with("*** welcome"), "another address: {got:?}");
 }

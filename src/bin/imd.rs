@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use imchat::server::admission::Limits;
 use imchat::server::cluster::{Cluster, ClusterConfig};
 use imchat::server::{self, Config};
 use tokio::io::AsyncWriteExt;
@@ -50,6 +51,14 @@ struct Args {
     /// Most simultaneous connections; more are told "server full".
     #[arg(long, env = "IMD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
+    /// Most connections open at once from one IP address; one more is told
+    /// `too-many-connections`. 0: no limit.
+    #[arg(long, env = "IMD_MAX_PER_IP", default_value_t = 0)]
+    max_per_ip: u64,
+    /// Most new connections a second from one IP address; more are told
+    /// `too-many-connections`. 0: no limit.
+    #[arg(long, env = "IMD_MAX_CONNECTS_PER_IP", default_value_t = 0, value_parser = clap::value_parser!(u32))]
+    max_connects_per_ip: u32,
     /// Online/offline/rename notices are sent only while at most this many
     /// users are online (each join told to everyone costs N² lines).
     #[arg(long, env = "IMD_PRESENCE_LIMIT", default_value_t = 1000)]
@@ -101,6 +110,10 @@ async fn main() -> ExitCode {
         max_queued_bytes: args.max_queued_bytes as usize,
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         max_connections: args.max_connections as usize,
+        per_ip: Limits {
+            max_per_ip: args.max_per_ip as usize,
+            connects_per_sec: args.max_connects_per_ip,
+        },
         presence_limit: args.presence_limit as usize,
         stall_timeout: Duration::from_millis(args.stall_ms),
         ..Config::default()

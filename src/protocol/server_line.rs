@@ -60,6 +60,9 @@ pub enum ErrorCode {
     TooLong,
     /// the connection limit is reached; the server closes the connection.
     ServerFull,
+    /// the client's address has too many connections open, or opened too
+    /// many in the last second; the server closes the connection.
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::Usage => "usage",
             ErrorCode::TooLong => "too-long",
             ErrorCode::ServerFull => "server-full",
+            ErrorCode::TooManyConnections => "too-many-connections",
         }
     }
 
@@ -85,6 +89,7 @@ impl ErrorCode {
             "usage" => ErrorCode::Usage,
             "too-long" => ErrorCode::TooLong,
             "server-full" => ErrorCode::ServerFull,
+            "too-many-connections" => ErrorCode::TooManyConnections,
             _ => return None,
         })
     }
@@ -296,6 +301,43 @@ fn parse_notice(rest: &str) -> Option<ServerLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every error code reads back as itself, so a client can tell every
+    /// refusal apart (cargo mutants: deleting any arm of `from_wire` went
+    /// unnoticed). The match makes a new code fail to compile here until
+    /// it is added to the list.
+    #[test]
+    fn every_error_code_round_trips() {
+        let all = [
+            ErrorCode::NameTaken,
+            ErrorCode::BadName,
+            ErrorCode::NoSuchUser,
+            ErrorCode::EmptyMessage,
+            ErrorCode::Usage,
+            ErrorCode::TooLong,
+            ErrorCode::ServerFull,
+            ErrorCode::TooManyConnections,
+        ];
+        for code in all {
+            match code {
+                ErrorCode::NameTaken
+                | ErrorCode::BadName
+                | ErrorCode::NoSuchUser
+                | ErrorCode::EmptyMessage
+                | ErrorCode::Usage
+                | ErrorCode::TooLong
+                | ErrorCode::ServerFull
+                | ErrorCode::TooManyConnections => {}
+            }
+            let line = ServerLine::error(code, "why");
+            let wire = line.encode();
+            assert_eq!(
+                ServerLine::parse(wire.trim_end()),
+                Some(line),
+                "{code} does not read back"
+            );
+        }
+    }
 
     #[test]
     fn server_lines_round_trip() {

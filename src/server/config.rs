@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::admission::Limits;
+
 /// Server limits. Every resource a client can make the server spend is
 /// bounded by one of these.
 #[derive(Debug, Clone)]
@@ -29,6 +31,11 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Most simultaneous connections; one more is told the server is full.
     pub max_connections: usize,
+    /// Limits per client address (connections open at once, new
+    /// connections a second). None by default: behind a NAT many users
+    /// share one address, and a server with no limits configured behaves
+    /// as the protocol always has; README's "On a network" gives values.
+    pub per_ip: Limits,
     /// Presence notices are sent only while at most this many are online
     /// (see [`Hub`](super::hub::Hub)).
     pub presence_limit: usize,
@@ -55,6 +62,7 @@ impl Default for Config {
             max_queued_bytes: 512 * 1024 * 1024,
             idle_timeout: Some(Duration::from_secs(300)),
             max_connections: 10_000,
+            per_ip: Limits::NONE,
             presence_limit: 1000,
             shutdown_grace: Duration::from_secs(5),
             stall_timeout: Duration::from_millis(1000),

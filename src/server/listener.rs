@@ -1,4 +1,4 @@
-//! The accept loop, the connection limit, and graceful shutdown.
+//! The accept loop, the connection limits, and graceful shutdown.
 //!
 //! [`run`] takes a bound listener and a shutdown future, like mini-redis's
 //! `server::run`, so the binary and the tests start servers the same way.
@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admission::Admission;
 use super::cluster::Cluster;
 use super::connection::serve_in_slot;
 use super::hub::Hub;
@@ -44,6 +45,7 @@ pub async fn run_in_cluster(
     let grace = config.shutdown_grace;
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let max_connections = config.max_connections;
+    let admission = Admission::new(config.per_ip);
     let hub = Hub::new(config, cluster);
     hub.start();
     let stop = CancellationToken::new();
@@ -74,20 +76,29 @@ pub async fn run_in_cluster(
         };
         let _ = stream.set_nodelay(true);
         keep_alive(&stream);
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let hub = hub.clone();
-                let stop = stop.clone();
-                tracker.spawn(async move {
-                    let (r, w) = stream.into_split();
-                    serve_in_slot(r, w, addr, hub, stop, permit).await;
-                });
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let why = format!("server is full ({max_connections} connections); try again later");
+            refused.note(addr, ErrorCode::ServerFull, &why);
+            refuse(stream, ErrorCode::ServerFull, why);
+            continue;
+        };
+        let ticket = match admission.admit(addr.ip()) {
+            Ok(ticket) => ticket,
+            Err(why) => {
+                let why = why.to_string();
+                refused.note(addr, ErrorCode::TooManyConnections, &why);
+                refuse(stream, ErrorCode::TooManyConnections, why);
+                continue;
             }
-            Err(_) => {
-                refused.note(addr, max_connections);
-                refuse_full(stream, max_connections);
-            }
-        }
+        };
+        let hub = hub.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let (r, w) = stream.into_split();
+            // The slot and the address's place are held while the user is
+            // online.
+            serve_in_slot(r, w, addr, hub, stop, (permit, ticket)).await;
+        });
     }
     tracing::info!("shutting down: telling {} users", hub.len());
     drop(listener);
@@ -152,11 +163,8 @@ fn trim() {}
 /// leaves the refused client hanging with no answer). Lines the client sent
 /// first are discarded; on Linux the client can still read the error line
 /// before the reset.
-fn refuse_full(stream: TcpStream, max: usize) {
-    let line = ServerLine::error(
-        ErrorCode::ServerFull,
-        format!("server is full ({max} connections); try again later"),
-    );
+fn refuse(stream: TcpStream, code: ErrorCode, why: String) {
+    let line = ServerLine::error(code, why);
     if let Ok(mut stream) = stream.into_std() {
         // Non-blocking: if the buffer were somehow full, the line is dropped.
         let _ = stream.write_all(line.encode().as_bytes());
@@ -172,7 +180,7 @@ struct Refusals {
 }
 
 impl Refusals {
-    fn note(&mut self, addr: std::net::SocketAddr, max: usize) {
+    fn note(&mut self, addr: std::net::SocketAddr, code: ErrorCode, why: &str) {
         self.since_log += 1;
         let now = std::time::Instant::now();
         if self
@@ -181,11 +189,7 @@ impl Refusals {
         {
             return;
         }
-        tracing::warn!(
-            %addr,
-            refused = self.since_log,
-            "refused: server full ({max} connections)"
-        );
+        tracing::warn!(%addr, refused = self.since_log, "refused: {code}: {why}");
         self.since_log = 0;
         self.last_log = Some(now);
     }

@@ -8,7 +8,8 @@
 //!
 //! - [`config`]: the limits, each with the reason for its default.
 //! - [`listener`]: the accept loop, the connection limit, shutdown.
-//! - [`admission`]: limits per client address (not yet wired in).
+//! - [`admission`]: limits per client address (`--max-per-ip`,
+//!   `--max-connects-per-ip`).
 //! - [`connection`]: one client's session: read, parse, call the hub, reply.
 //! - [`hub`]: who is online, the protocol's operations, fan-out.
 //! - [`outbox`]: the per-user queue, bounded in bytes, and its writer.
