@@ -125,10 +125,10 @@ mod tests {
     /// continuation lines, and roff's special characters are escaped.
     #[test]
     fn exit_codes_become_tagged_paragraphs() {
-        let roff = exit_status("Exit status:\n  0  fine\n  2  bad -x,\n     or .worse\n");
+        let roff = exit_status("Exit status:\n  0  fine\n  2  bad -x,\n     .or worse\n");
         assert_eq!(
             roff,
-            ".SH \"EXIT STATUS\"\nExit status:\n.TP\n.B 0\nfine\n.TP\n.B 2\nbad \\-x,\n\\&or .worse\n"
+            ".SH \"EXIT STATUS\"\nExit status:\n.TP\n.B 0\nfine\n.TP\n.B 2\nbad \\-x,\n\\&.or worse\n"
         );
     }
 }
