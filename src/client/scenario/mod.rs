@@ -3,8 +3,9 @@
 //! A scenario is a file where each line is one client acting or expecting,
 //! run top to bottom against a server given by address. It only uses raw
 //! protocol bytes and regular expressions over what clients receive, so the
-//! same file runs against imd or any server speaking the seed's commands
-//! (the seed's Go server included), and shows exactly where they differ.
+//! same file runs against imd or any other server speaking PROTOCOL.md's
+//! commands, and shows exactly where they differ (tests/README.md has what
+//! the original tutorial server gives).
 //! tests/README.md documents every construct with an example; in short:
 //!
 //! ```text
