@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use imchat::server::accounts::{self, Accounts};
 use imchat::server::admission::Limits;
 use imchat::server::cluster::{Cluster, ClusterConfig};
 use imchat::server::{self, Config};
@@ -16,12 +17,14 @@ use tokio::net::TcpListener;
 /// imd: a TCP chat server speaking a small line protocol.
 ///
 /// Clients connect with nc, telnet or `imc`. Lines:
-/// `who`, `rename|NAME`, `to|NAME|MESSAGE`, anything else is a public
-/// message. See PROTOCOL.md. Logs go to stderr; set RUST_LOG (e.g.
-/// RUST_LOG=debug) to change the level.
+/// `who`, `rename|NAME`, `to|NAME|MESSAGE`, `login|NAME|PASSWORD`,
+/// anything else is a public message. See PROTOCOL.md. Logs go to stderr;
+/// set RUST_LOG (e.g. RUST_LOG=debug) to change the level.
 #[derive(Parser, Debug)]
 #[command(name = "imd", version, after_help = EXIT_CODES)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<ImdCmd>,
     /// Print imd's man page (roff) on stdout and exit, e.g. `imd --man >
     /// ~/.local/share/man/man1/imd.1`. A flag, like --help, because imd
     /// takes only flags.
@@ -77,18 +80,37 @@ struct Args {
     /// how soon a killed node's users leave `who`.
     #[arg(long, env = "IMD_CLUSTER_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     cluster_ttl: u64,
+    /// Registered names: a file of `NAME:HASH` lines (HASH from `imd
+    /// hash-password`; `#` comments and blank lines allowed). Those names
+    /// are taken with `login|NAME|PASSWORD` only. Read again on SIGHUP
+    /// (a bad file then keeps the accounts in use). Without it, every name
+    /// is free to take.
+    #[arg(long, env = "IMD_ACCOUNTS", value_name = "FILE")]
+    accounts: Option<std::path::PathBuf>,
     /// Log format on stderr: `text` for people, `json` (one object a line)
     /// for log shippers.
     #[arg(long, env = "IMD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
 
+/// imd's subcommands: tools for setting a server up, not the server.
+#[derive(clap::Subcommand, Debug)]
+enum ImdCmd {
+    /// Read one password from stdin (its first line) and print its
+    /// Argon2id hash, for a `NAME:HASH` line of the --accounts file, e.g.
+    /// `read -rs pw; printf '%s\n' "$pw" | imd hash-password`.
+    HashPassword,
+}
+
 /// imd's exit statuses, shown by `imd --help` and in its man page.
 const EXIT_CODES: &str = "\
 Exit status:
   0  stopped by Ctrl-C or SIGTERM, after the graceful shutdown
-  1  cannot listen on --ip/--port, or cannot reach --redis at start
-  2  usage error: a bad flag or environment variable";
+     (hash-password: the hash was printed)
+  1  cannot listen on --ip/--port, cannot reach --redis, or the --accounts
+     file is missing or invalid, at start
+  2  usage error: a bad flag or environment variable (hash-password: no
+     password on stdin)";
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
@@ -102,7 +124,20 @@ async fn main() -> ExitCode {
     if args.man {
         return man_page();
     }
+    if let Some(ImdCmd::HashPassword) = args.command {
+        return hash_password();
+    }
     logging(args.log_format);
+    let accounts = match &args.accounts {
+        None => None,
+        Some(path) => match Accounts::load(path) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("imd: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
 
     let config = Config {
         max_line: args.max_line as usize,
@@ -116,6 +151,7 @@ async fn main() -> ExitCode {
         },
         presence_limit: args.presence_limit as usize,
         stall_timeout: Duration::from_millis(args.stall_ms),
+        accounts: accounts.clone(),
         ..Config::default()
     };
     let listener = match TcpListener::bind((args.ip, args.port)).await {
@@ -155,9 +191,57 @@ async fn main() -> ExitCode {
         .await;
     let _ = stdout.flush().await;
     tracing::info!(%addr, "listening");
+    if let Some(accounts) = accounts {
+        reload_on_sighup(accounts);
+    }
     server::run_in_cluster(listener, config, cluster, shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `imd hash-password`: one password from stdin's first line (without its
+/// line ending) to its hash on stdout.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("imd: cannot read the password from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("imd: no password on stdin (give one line, e.g. printf '%s\\n' \"$pw\" | imd hash-password)");
+        return ExitCode::from(2);
+    }
+    println!("{}", accounts::hash_password(password));
+    ExitCode::SUCCESS
+}
+
+/// Reads the accounts file again on each SIGHUP; a bad file keeps the
+/// accounts in use, and the error is logged. (Only with --accounts:
+/// otherwise SIGHUP keeps its default meaning, as before.)
+fn reload_on_sighup(accounts: std::sync::Arc<Accounts>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP, accounts will not be reloaded: {e}");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match accounts.reload() {
+                    Ok(names) => tracing::info!(names, "accounts reloaded"),
+                    Err(e) => tracing::error!("accounts not reloaded, keeping those in use: {e}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = accounts;
 }
 
 /// `imd --man`: the man page, on stdout.

@@ -252,6 +252,32 @@ impl Client {
         Ok(())
     }
 
+    /// Logs in as the registered `name` with `password` (sent once, on
+    /// this connection, and kept nowhere). Refused with `auth-failed` for
+    /// a wrong password, `name-taken` while another logged-in session
+    /// holds the name.
+    pub async fn login(&mut self, name: &str, password: &str) -> Result<(), ClientError> {
+        if name.contains(['\n', '\r']) {
+            return Err(ClientError::Unsendable(Unsendable::NameLineBreak(
+                name.into(),
+            )));
+        }
+        if password.contains(['\n', '\r']) {
+            return Err(ClientError::Unsendable(Unsendable::LineBreak));
+        }
+        let password = crate::protocol::Password(password);
+        self.send(Command::Login { name, password }).await?;
+        let new = self
+            .wait_for(|l| match l {
+                ServerLine::LoggedIn { name } => Some(Ok(name.clone())),
+                ServerLine::Error { .. } => Some(refused(l)),
+                _ => None,
+            })
+            .await?;
+        self.name = new;
+        Ok(())
+    }
+
     /// The names of everyone online, sorted.
     pub async fn who(&mut self) -> Result<Vec<String>, ClientError> {
         self.send(Command::Who).await?;
@@ -310,6 +336,12 @@ impl Client {
                 Some(Ok(Frame::Line(bytes))) => {
                     let text = String::from_utf8_lossy(&bytes);
                     return Ok(Some(match ServerLine::parse(&text) {
+                        Some(ServerLine::TakenBack { name, now }) => {
+                            // The server renamed us: our name's owner
+                            // logged in.
+                            self.name.clone_from(&now);
+                            Event::Line(ServerLine::TakenBack { name, now })
+                        }
                         Some(l) => Event::Line(l),
                         None => Event::Raw(text.into_owned()),
                     }));

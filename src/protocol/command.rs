@@ -5,6 +5,8 @@
 //! who                     list online users
 //! rename|NAME             change your name
 //! to|NAME|MESSAGE         whisper MESSAGE to NAME (MESSAGE may contain '|')
+//! login|NAME|PASSWORD     take the registered NAME (PASSWORD: everything
+//!                         after the second '|', may contain '|')
 //! anything else           public message to everyone, sender included
 //! (empty line)            ignored
 //! ```
@@ -18,6 +20,13 @@ pub enum Command<'a> {
     Rename(&'a str),
     /// `to|NAME|MESSAGE`: MESSAGE is everything after the second `|`.
     Whisper { to: &'a str, text: &'a str },
+    /// `login|NAME|PASSWORD`: PASSWORD is everything after the second `|`
+    /// (possibly empty, which simply fails). Never a public message, so a
+    /// password can never be broadcast, even to a server without accounts.
+    Login {
+        name: &'a str,
+        password: Password<'a>,
+    },
     /// Any other non-empty line: broadcast to everyone.
     Say(&'a str),
     /// An empty (or all-whitespace) line: ignored, no reply.
@@ -31,6 +40,26 @@ pub enum Command<'a> {
 pub const RENAME_USAGE: &str = "rename|NAME";
 /// Usage text for `to`, sent with `error usage`.
 pub const WHISPER_USAGE: &str = "to|NAME|MESSAGE";
+/// Usage text for `login`, sent with `error usage`.
+pub const LOGIN_USAGE: &str = "login|NAME|PASSWORD";
+
+/// A password as received. Its `Debug` shows nothing, so that no `{:?}`
+/// of a command, at any log level, can put a password in a log.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Password<'a>(pub &'a str);
+
+impl<'a> Password<'a> {
+    /// The password itself, for checking it and nothing else.
+    pub fn expose(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Password<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
 
 impl<'a> Command<'a> {
     /// Parses one line (without its line terminator). Never fails: anything
@@ -48,6 +77,15 @@ impl<'a> Command<'a> {
             }
             return Command::Rename(name);
         }
+        if let Some(rest) = line.strip_prefix("login|") {
+            return match rest.split_once('|') {
+                Some((name, password)) if !name.is_empty() => Command::Login {
+                    name,
+                    password: Password(password),
+                },
+                _ => Command::Malformed(LOGIN_USAGE),
+            };
+        }
         if let Some(rest) = line.strip_prefix("to|") {
             return match rest.split_once('|') {
                 Some((to, text)) if !to.is_empty() => Command::Whisper { to, text },
@@ -63,6 +101,7 @@ impl<'a> Command<'a> {
             Command::Who => "who\n".to_string(),
             Command::Rename(name) => format!("rename|{name}\n"),
             Command::Whisper { to, text } => format!("to|{to}|{text}\n"),
+            Command::Login { name, password } => format!("login|{name}|{}\n", password.0),
             Command::Say(text) => format!("{text}\n"),
             Command::Empty | Command::Malformed(_) => "\n".to_string(),
         }
@@ -88,6 +127,37 @@ mod tests {
         assert_eq!(Command::parse("who "), Command::Say("who "));
         assert_eq!(Command::parse(""), Command::Empty);
         assert_eq!(Command::parse("   "), Command::Empty);
+    }
+
+    #[test]
+    fn login_takes_everything_after_the_second_bar_as_the_password() {
+        assert_eq!(
+            Command::parse("login|alice|p|w d"),
+            Command::Login {
+                name: "alice",
+                password: Password("p|w d")
+            }
+        );
+        assert_eq!(
+            Command::parse("login|alice|"),
+            Command::Login {
+                name: "alice",
+                password: Password("")
+            }
+        );
+        assert_eq!(
+            Command::parse("login|alice"),
+            Command::Malformed(LOGIN_USAGE)
+        );
+        assert_eq!(Command::parse("login|"), Command::Malformed(LOGIN_USAGE));
+        assert_eq!(Command::parse("login||pw"), Command::Malformed(LOGIN_USAGE));
+        assert_eq!(
+            Command::parse("login alice pw"),
+            Command::Say("login alice pw")
+        );
+        let cmd = Command::parse("login|alice|hunter2");
+        assert_eq!(cmd.encode(), "login|alice|hunter2\n");
+        assert!(!format!("{cmd:?}").contains("hunter2"), "{cmd:?}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! who                     list online users
 //! rename|NAME             change your name
 //! to|NAME|MESSAGE         whisper MESSAGE to NAME (MESSAGE may contain '|')
+//! login|NAME|PASSWORD     take a registered name (imd --accounts)
 //! anything else           public message to everyone, sender included
 //! (empty line)            ignored
 //! ```
@@ -23,6 +24,7 @@
 //! *NAME* TEXT                   whisper to you
 //! ok to NAME: TEXT              your whisper was delivered
 //! ok rename: you are now NAME   your rename worked
+//! ok login: you are now NAME    your login worked
 //! who NAME                      one online user (reply to `who`) ...
 //! ok who: N online              ... and the end of that reply
 //! error CODE: MESSAGE           your line was refused; CODE is stable
@@ -30,6 +32,7 @@
 //! *** NAME is online
 //! *** NAME is offline (REASON)
 //! *** OLD is now known as NEW
+//! *** renamed: you are now ADDR (NAME ...)   your name's owner logged in
 //! *** bye: REASON               last line before the server closes
 //! *** cluster: TEXT             news about this node's link to the others
 //! ```
@@ -47,7 +50,7 @@ mod command;
 mod server_line;
 mod text;
 
-pub use command::{Command, RENAME_USAGE, WHISPER_USAGE};
+pub use command::{Command, Password, LOGIN_USAGE, RENAME_USAGE, WHISPER_USAGE};
 pub use server_line::{encode_public, ErrorCode, LeaveReason, ServerLine};
 pub use text::{is_unsafe_char, validate_name, visible, NameError, MAX_NAME_CHARS};
 

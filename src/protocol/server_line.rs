@@ -63,6 +63,11 @@ pub enum ErrorCode {
     /// the client's address has too many connections open, or opened too
     /// many in the last second; the server closes the connection.
     TooManyConnections,
+    /// rename to a registered name: only `login` can take it.
+    NameRegistered,
+    /// login refused: wrong password, unknown name, or no accounts; the
+    /// message never says which.
+    AuthFailed,
 }
 
 impl ErrorCode {
@@ -77,6 +82,8 @@ impl ErrorCode {
             ErrorCode::TooLong => "too-long",
             ErrorCode::ServerFull => "server-full",
             ErrorCode::TooManyConnections => "too-many-connections",
+            ErrorCode::NameRegistered => "name-registered",
+            ErrorCode::AuthFailed => "auth-failed",
         }
     }
 
@@ -90,6 +97,8 @@ impl ErrorCode {
             "too-long" => ErrorCode::TooLong,
             "server-full" => ErrorCode::ServerFull,
             "too-many-connections" => ErrorCode::TooManyConnections,
+            "name-registered" => ErrorCode::NameRegistered,
+            "auth-failed" => ErrorCode::AuthFailed,
             _ => return None,
         })
     }
@@ -100,6 +109,9 @@ impl fmt::Display for ErrorCode {
         f.write_str(self.as_str())
     }
 }
+
+/// Fixed text of the taken-back notice after the registered name.
+const TAKEN_BACK_TAIL: &str = " is a registered name and its owner logged in)";
 
 /// Fixed text of the welcome line after the name.
 const WELCOME_HELP: &str = "(commands: who, rename|NAME, to|NAME|MESSAGE)";
@@ -116,6 +128,8 @@ pub enum ServerLine {
     Sent { to: String, text: String },
     /// `ok rename: you are now NAME`.
     Renamed { name: String },
+    /// `ok login: you are now NAME`: you hold the registered NAME.
+    LoggedIn { name: String },
     /// `who NAME`: one line per online user in reply to `who`.
     WhoItem { name: String },
     /// `ok who: N online`: the end of the `who` reply.
@@ -130,6 +144,10 @@ pub enum ServerLine {
     Left { name: String, reason: String },
     /// `*** OLD is now known as NEW`.
     NameChanged { old: String, new: String },
+    /// `*** renamed: you are now NOW (NAME is a registered name and its
+    /// owner logged in)`: you held the registered NAME without logging in,
+    /// its owner did, and you are now NOW (your address).
+    TakenBack { name: String, now: String },
     /// `*** bye: REASON`: the server is closing this connection.
     Bye { reason: String },
     /// `*** cluster: TEXT`: news about this node's link to the others
@@ -197,6 +215,7 @@ impl ServerLine {
             ServerLine::Private { from, text } => writeln!(out, "*{from}* {text}"),
             ServerLine::Sent { to, text } => writeln!(out, "ok to {to}: {text}"),
             ServerLine::Renamed { name } => writeln!(out, "ok rename: you are now {name}"),
+            ServerLine::LoggedIn { name } => writeln!(out, "ok login: you are now {name}"),
             ServerLine::WhoItem { name } => {
                 encode_who_item(out, name);
                 Ok(())
@@ -210,6 +229,12 @@ impl ServerLine {
             ServerLine::Left { name, reason } => writeln!(out, "*** {name} is offline ({reason})"),
             ServerLine::NameChanged { old, new } => {
                 writeln!(out, "*** {old} is now known as {new}")
+            }
+            ServerLine::TakenBack { name, now } => {
+                writeln!(
+                    out,
+                    "*** renamed: you are now {now} ({name}{TAKEN_BACK_TAIL}"
+                )
             }
             ServerLine::Bye { reason } => writeln!(out, "*** bye: {reason}"),
             ServerLine::Cluster { text } => writeln!(out, "*** cluster: {text}"),
@@ -247,6 +272,9 @@ impl ServerLine {
         if let Some(name) = line.strip_prefix("ok rename: you are now ") {
             return Some(ServerLine::Renamed { name: name.into() });
         }
+        if let Some(name) = line.strip_prefix("ok login: you are now ") {
+            return Some(ServerLine::LoggedIn { name: name.into() });
+        }
         if let Some(rest) = line.strip_prefix("ok who: ") {
             let count = rest.strip_suffix(" online")?.parse().ok()?;
             return Some(ServerLine::WhoEnd { count });
@@ -273,6 +301,14 @@ fn parse_notice(rest: &str) -> Option<ServerLine> {
     }
     if let Some(text) = rest.strip_prefix("cluster: ") {
         return Some(ServerLine::Cluster { text: text.into() });
+    }
+    if let Some(tail) = rest.strip_prefix("renamed: you are now ") {
+        let (now, tail) = tail.split_once(" (")?;
+        let name = tail.strip_suffix(TAKEN_BACK_TAIL)?;
+        return Some(ServerLine::TakenBack {
+            name: name.into(),
+            now: now.into(),
+        });
     }
     if let Some(tail) = rest.strip_prefix("welcome, you are ") {
         let name = tail.strip_suffix(WELCOME_HELP)?.strip_suffix(' ')?;
@@ -317,6 +353,8 @@ mod tests {
             ErrorCode::TooLong,
             ErrorCode::ServerFull,
             ErrorCode::TooManyConnections,
+            ErrorCode::NameRegistered,
+            ErrorCode::AuthFailed,
         ];
         for code in all {
             match code {
@@ -327,7 +365,9 @@ mod tests {
                 | ErrorCode::Usage
                 | ErrorCode::TooLong
                 | ErrorCode::ServerFull
-                | ErrorCode::TooManyConnections => {}
+                | ErrorCode::TooManyConnections
+                | ErrorCode::NameRegistered
+                | ErrorCode::AuthFailed => {}
             }
             let line = ServerLine::error(code, "why");
             let wire = line.encode();
@@ -359,6 +399,13 @@ mod tests {
             },
             ServerLine::WhoItem {
                 name: "127.0.0.1:5000".into(),
+            },
+            ServerLine::LoggedIn {
+                name: "alice".into(),
+            },
+            ServerLine::TakenBack {
+                name: "alice".into(),
+                now: "[::1]:5000".into(),
             },
             ServerLine::WhoEnd { count: 3 },
             ServerLine::error(ErrorCode::NameTaken, "name 'bob' is taken"),

@@ -1,8 +1,10 @@
 //! The server's limits: every resource a client can make the server spend
 //! is bounded by one of these, and each says why its default is what it is.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::accounts::Accounts;
 use super::admission::Limits;
 
 /// Server limits. Every resource a client can make the server spend is
@@ -52,6 +54,10 @@ pub struct Config {
     /// How long a closing connection may take to flush its queue, at
     /// shutdown or after an idle kick, before it is dropped.
     pub shutdown_grace: Duration,
+    /// Registered names (`--accounts`), shared with whoever reloads them
+    /// on SIGHUP. `None`: the anonymous mode, where every name is free to
+    /// take and `login` always fails.
+    pub accounts: Option<Arc<Accounts>>,
 }
 
 impl Default for Config {
@@ -66,6 +72,7 @@ impl Default for Config {
             presence_limit: 1000,
             shutdown_grace: Duration::from_secs(5),
             stall_timeout: Duration::from_millis(1000),
+            accounts: None,
         }
     }
 }

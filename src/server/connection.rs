@@ -49,7 +49,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Hub, NoSuchUser, RenameError, User};
+use super::hub::{Hub, LoginError, NoSuchUser, RenameError, User};
 use super::outbox::PeerSocket;
 use crate::protocol::codec::{Frame, FrameError, LineCodec};
 use crate::protocol::{encode_public, visible, Command, ErrorCode, LeaveReason, ServerLine};
@@ -115,9 +115,10 @@ pub async fn serve_in_slot<R, W, S>(
         batch: BytesMut::new(),
     };
     let reason = conn.read_loop(reader, &shutdown).await;
-    let Connection { name, user, .. } = conn;
+    let Connection { user, .. } = conn;
+    let name = user.name();
     drop(slot);
-    hub.leave(&name, &user, reason).await;
+    hub.leave(&user, reason).await;
     match reason {
         LeaveReason::TooSlow => {
             tracing::warn!(name, %addr, "slow consumer disconnected: outbound queue full")
@@ -160,8 +161,12 @@ impl Connection {
     /// Broadcasts the batched public lines, if any, as one buffer.
     fn flush(&mut self) {
         if !self.batch.is_empty() {
-            self.hub
-                .say(self.batch.split().freeze(), &mut self.congested);
+            self.hub.say(
+                &self.user,
+                &self.name,
+                self.batch.split().freeze(),
+                &mut self.congested,
+            );
         }
     }
 
@@ -313,6 +318,12 @@ impl Connection {
         };
         // Invalid UTF-8 is shown as U+FFFD rather than refused: the rest of
         // the line is usually worth reading.
+        // A login took our name away: lines from now on use the new one
+        // (the hub renames any already encoded with the old one).
+        if self.user.take_displaced() {
+            self.flush();
+            self.name = self.user.name();
+        }
         let line = String::from_utf8_lossy(&bytes);
         let command = Command::parse(&line);
         // Anything but a public line comes after this user's earlier ones.
@@ -333,6 +344,11 @@ impl Connection {
             }
             Command::Rename(new) => self.rename(new).await,
             Command::Whisper { to, text } => self.whisper(to, text).await,
+            // Boxed: a login waits on the brake and the password check,
+            // state that every idle connection would carry otherwise.
+            Command::Login { name, password } => {
+                Box::pin(self.login(name, password.expose())).await
+            }
             Command::Malformed(usage) => self.reply(ServerLine::error(
                 ErrorCode::Usage,
                 format!("malformed command; usage: {usage}"),
@@ -348,7 +364,7 @@ impl Connection {
             ));
         }
         let text = visible(text);
-        match self.hub.whisper(&self.name, to, &text).await {
+        match self.hub.whisper(&self.user, to, &text).await {
             Ok(congested) => {
                 self.congested.extend(congested);
                 self.reply(ServerLine::Sent {
@@ -364,14 +380,19 @@ impl Connection {
     }
 
     async fn rename(&mut self, new: &str) {
-        match self.hub.rename(&self.user, &self.name, new).await {
+        match self.hub.rename(&self.user, new).await {
             Ok(()) => {
-                if self.name != new {
+                let now = self.user.name();
+                if self.name != now {
                     tracing::info!(old = self.name, new, "renamed");
-                    self.name = new.to_string();
+                    self.name = now;
                 }
                 self.reply(ServerLine::Renamed { name: new.into() });
             }
+            Err(RenameError::Registered) => self.reply(ServerLine::error(
+                ErrorCode::NameRegistered,
+                format!("use login|{new}|PASSWORD"),
+            )),
             Err(RenameError::Invalid(e)) => self.reply(ServerLine::error(
                 ErrorCode::BadName,
                 format!("invalid name '{}': {e}", visible(new)),
@@ -379,6 +400,26 @@ impl Connection {
             Err(RenameError::Taken) => self.reply(ServerLine::error(
                 ErrorCode::NameTaken,
                 format!("name '{new}' is taken"),
+            )),
+        }
+    }
+
+    /// `login|NAME|PASSWORD`. The password goes to the hub's check and
+    /// nowhere else: it is never logged, echoed or kept.
+    async fn login(&mut self, name: &str, password: &str) {
+        match self.hub.login(&self.user, name, password).await {
+            Ok(()) => {
+                let old = std::mem::replace(&mut self.name, self.user.name());
+                tracing::info!(old, name, addr = %self.user.addr, "logged in");
+                self.reply(ServerLine::LoggedIn { name: name.into() });
+            }
+            Err(LoginError::AuthFailed) => self.reply(ServerLine::error(
+                ErrorCode::AuthFailed,
+                "wrong name or password",
+            )),
+            Err(LoginError::Taken) => self.reply(ServerLine::error(
+                ErrorCode::NameTaken,
+                format!("name '{name}' is in use by a session that logged in (or on another node)"),
             )),
         }
     }

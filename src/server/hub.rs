@@ -26,11 +26,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::accounts::{Accounts, Verdict};
 use super::cluster::{Cluster, LocalNode};
 use super::outbox::{outbox, Budget, Drain, Outbox};
 use super::Config;
@@ -45,6 +46,51 @@ pub struct User {
     pub addr: SocketAddr,
     /// Its outbound queue.
     pub outbox: Outbox,
+    /// Its name as the hub knows it, and whether it got it by `login`.
+    /// Changed only under the hub's lock. The connection keeps a copy for
+    /// building its lines; the hub is the authority, because a login can
+    /// take a registered name away from a user that did not log in
+    /// (its connection learns it through `displaced`).
+    held: Mutex<Held>,
+    /// Set when a login took this user's name away; the connection then
+    /// reads its new name with [`User::name`].
+    displaced: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    name: String,
+    /// Whether `name` was taken by `login` (and so cannot be taken back).
+    logged_in: bool,
+}
+
+impl User {
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The user's name now.
+    pub fn name(&self) -> String {
+        self.held().name.clone()
+    }
+
+    /// Whether the user holds its name by `login`.
+    pub fn logged_in(&self) -> bool {
+        self.held().logged_in
+    }
+
+    /// True once after a login took this user's name away: the caller
+    /// should read [`User::name`] again.
+    pub fn take_displaced(&self) -> bool {
+        self.displaced.swap(false, Ordering::AcqRel)
+    }
+
+    fn set_name(&self, name: &str, logged_in: bool) {
+        let mut h = self.held();
+        h.name.clear();
+        h.name.push_str(name);
+        h.logged_in = logged_in;
+    }
 }
 
 /// Why a rename did not happen.
@@ -53,6 +99,19 @@ pub enum RenameError {
     /// The name breaks the name rules.
     Invalid(NameError),
     /// Someone else has it (on this node or, in a cluster, another one).
+    Taken,
+    /// It is a registered name (`imd --accounts`): only `login` takes it.
+    Registered,
+}
+
+/// Why a login did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginError {
+    /// Wrong password, a name that is not registered, or no accounts on
+    /// this server: deliberately one answer.
+    AuthFailed,
+    /// Another session logged in as this name holds it (or, in a cluster,
+    /// anyone on another node does).
     Taken,
 }
 
@@ -112,6 +171,17 @@ impl Hub {
         &self.budget
     }
 
+    /// The registered names, when imd runs with `--accounts`.
+    pub fn accounts(&self) -> Option<&Arc<Accounts>> {
+        self.config.accounts.as_ref()
+    }
+
+    /// Failed logins since the start (0 without `--accounts`): what
+    /// `imd_failed_logins_total` reports.
+    pub fn failed_logins(&self) -> u64 {
+        self.accounts().map_or(0, |a| a.failed_logins())
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<User>>> {
         // A panic while holding the lock cannot leave the map half-updated
         // (each update is a single insert or remove), so poisoning is ignored.
@@ -137,7 +207,14 @@ impl Hub {
             self.budget.clone(),
         );
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        (Arc::new(User { id, addr, outbox }), drain)
+        let user = User {
+            id,
+            addr,
+            outbox,
+            held: Mutex::new(Held::default()),
+            displaced: AtomicBool::new(false),
+        };
+        (Arc::new(user), drain)
     }
 
     /// Presence notices (online, offline, rename) are sent only while at
@@ -156,6 +233,7 @@ impl Hub {
         let bytes = notice.to_bytes();
         {
             let mut users = self.lock();
+            user.set_name(name, false);
             if self.presence_on(users.len() + 1) {
                 fan_out(users.values(), &bytes, None);
             }
@@ -181,10 +259,12 @@ impl Hub {
         }
     }
 
-    /// Takes `name` offline if it still belongs to `user`, and tells
-    /// everyone why: users here unless the whole node is shutting down
+    /// Takes `user` offline, if it is still online, and tells everyone
+    /// why: users here unless the whole node is shutting down
     /// ([`LeaveReason::Shutdown`]), users on other nodes always.
-    pub async fn leave(&self, name: &str, user: &User, reason: LeaveReason) {
+    pub async fn leave(&self, user: &User, reason: LeaveReason) {
+        let name = user.name();
+        let name = name.as_str();
         let notice = ServerLine::Left {
             name: name.into(),
             reason: reason.as_str().into(),
@@ -205,15 +285,30 @@ impl Hub {
         }
     }
 
-    /// Sends `lines` (one or more encoded public lines) to every user here,
-    /// the sender included, and to the other nodes. Adds to `congested`
-    /// the users whose queues are now over half full, for the sender to
-    /// wait on before reading on.
-    pub fn say(&self, lines: Bytes, congested: &mut Vec<Arc<User>>) {
+    /// Sends `lines` (one or more public lines from `sender`, encoded
+    /// under the name `as_name`) to every user here, the sender included,
+    /// and to the other nodes. Adds to `congested` the users whose queues
+    /// are now over half full, for the sender to wait on before reading on.
+    ///
+    /// With accounts, a login may have taken the sender's name away after
+    /// its lines were encoded; they then go out under its new name, so no
+    /// line ever shows a registered name its owner did not send.
+    pub fn say(&self, sender: &User, as_name: &str, lines: Bytes, congested: &mut Vec<Arc<User>>) {
+        let users = self.lock();
+        let lines = if self.accounts().is_some() {
+            let now = sender.name();
+            if now == as_name {
+                lines
+            } else {
+                rename_public_lines(&lines, as_name, &now)
+            }
+        } else {
+            lines
+        };
         if let Some(c) = &self.cluster {
             c.publish_public(&lines);
         }
-        fan_out(self.lock().values(), &lines, Some(congested));
+        fan_out(users.values(), &lines, Some(congested));
     }
 
     /// True while this node's publishes to the other nodes are backed up
@@ -231,37 +326,43 @@ impl Hub {
     }
 
     /// Delivers the whisper `text` (already [visible](crate::protocol::visible))
-    /// from `from` to `to`, here or on another node. On success, returns
+    /// from `sender` to `to`, here or on another node. On success, returns
     /// the recipient if it is here and its queue is now congested.
     pub async fn whisper(
         &self,
-        from: &str,
+        sender: &User,
         to: &str,
         text: &str,
     ) -> Result<Option<Arc<User>>, NoSuchUser> {
-        let line = private_line(from, text);
-        {
+        let from = {
             let users = self.lock();
+            // Read under the lock: never a name a login just took away.
+            let from = sender.name();
             if let Some(target) = users.get(to) {
-                target.outbox.push(line);
+                target.outbox.push(private_line(&from, text));
                 return Ok(target.outbox.congested().then(|| target.clone()));
             }
-        }
+            from
+        };
         // Not here: maybe on another node of the cluster.
         match &self.cluster {
-            Some(c) if Box::pin(c.whisper(from, to, text)).await => Ok(None),
+            Some(c) if Box::pin(c.whisper(&from, to, text)).await => Ok(None),
             _ => Err(NoSuchUser),
         }
     }
 
-    /// Renames `user` from `old` to `new`, atomically: of concurrent
-    /// renames to one name, here or on any node, exactly one wins.
-    /// Everyone else is told. Renaming to the name one has succeeds and
-    /// tells nobody.
-    pub async fn rename(&self, user: &Arc<User>, old: &str, new: &str) -> Result<(), RenameError> {
+    /// Renames `user` to `new`, atomically: of concurrent renames to one
+    /// name, here or on any node, exactly one wins. Everyone else is told.
+    /// Renaming to the name one has succeeds and tells nobody; renaming to
+    /// a registered name is refused (only [`Hub::login`] takes it), and
+    /// renaming away from a name taken by login gives it up.
+    pub async fn rename(&self, user: &Arc<User>, new: &str) -> Result<(), RenameError> {
         validate_name(new).map_err(RenameError::Invalid)?;
-        if old == new {
+        if user.name() == new {
             return Ok(());
+        }
+        if self.accounts().is_some_and(|a| a.is_registered(new)) {
+            return Err(RenameError::Registered);
         }
         // In a cluster the name is first claimed atomically in Redis.
         if let Some(c) = &self.cluster {
@@ -269,36 +370,154 @@ impl Hub {
                 return Err(RenameError::Taken);
             }
         }
-        let notice = ServerLine::NameChanged {
-            old: old.into(),
-            new: new.into(),
-        }
-        .to_bytes();
         let renamed = {
             let mut users = self.lock();
             let free = !users.contains_key(new);
+            let old = user.name();
             if free {
-                users.remove(old);
+                users.remove(&old);
                 users.insert(new.to_string(), user.clone());
+                user.set_name(new, false);
+                let notice = ServerLine::NameChanged {
+                    old: old.clone(),
+                    new: new.into(),
+                }
+                .to_bytes();
                 if self.presence_on(users.len()) {
                     let others = users.values().filter(|u| u.id != user.id);
                     fan_out(others, &notice, None);
                 }
+                Some((old, notice))
+            } else {
+                None
             }
-            free
         };
-        if !renamed {
+        let Some((old, notice)) = renamed else {
             if let Some(c) = &self.cluster {
                 Box::pin(c.release(new)).await;
             }
             return Err(RenameError::Taken);
-        }
+        };
         if let Some(c) = &self.cluster {
-            Box::pin(c.remove_user(old)).await;
+            Box::pin(c.remove_user(&old)).await;
             Box::pin(c.add_user(new)).await;
             c.publish_notice(&notice);
         }
         Ok(())
+    }
+
+    /// Logs `user` in as the registered `name` if `password` is its
+    /// password. Whoever holds `name` here without having logged in is
+    /// renamed to its address and told why; a holder that logged in, or
+    /// any holder on another node of a cluster, keeps it
+    /// ([`LoginError::Taken`]). Everyone else sees the usual rename
+    /// notices. The password check waits out the brake on the user's
+    /// address and runs off the async workers (see
+    /// [`super::accounts`]).
+    pub async fn login(
+        &self,
+        user: &Arc<User>,
+        name: &str,
+        password: &str,
+    ) -> Result<(), LoginError> {
+        let Some(accounts) = self.accounts() else {
+            return Err(LoginError::AuthFailed);
+        };
+        if Box::pin(accounts.verify(user.addr.ip(), name, password)).await != Verdict::Accepted {
+            return Err(LoginError::AuthFailed);
+        }
+        // In a cluster, a name nobody here holds is claimed first; a
+        // holder on another node keeps it (each node checks only its own
+        // users' logins, so it cannot take a name back from another node).
+        let here = self.lock().contains_key(name);
+        if let Some(c) = &self.cluster {
+            if !here && !Box::pin(c.claim(name)).await {
+                return Err(LoginError::Taken);
+            }
+        }
+        let outcome = self.take_name(user, name);
+        let Ok((old, displaced)) = outcome else {
+            if let Some(c) = &self.cluster {
+                if !here {
+                    Box::pin(c.release(name)).await;
+                }
+            }
+            return Err(LoginError::Taken);
+        };
+        if let Some(c) = &self.cluster {
+            if let Some((addr, notice)) = &displaced {
+                Box::pin(c.claim(addr)).await;
+                Box::pin(c.add_user(addr)).await;
+                c.publish_notice(notice);
+            }
+            if let Some((old, notice)) = &old {
+                Box::pin(c.remove_user(old)).await;
+                Box::pin(c.add_user(name)).await;
+                c.publish_notice(notice);
+            }
+        }
+        Ok(())
+    }
+
+    /// The local part of a login whose password was right: under the
+    /// lock, moves a holder that did not log in to its address, then
+    /// `user` to `name`. Returns the user's old name and the displaced
+    /// user's new one, each with the notice sent for it (`None`s when
+    /// nothing changed), or `Err` when a logged-in session holds `name`.
+    #[allow(clippy::type_complexity)]
+    fn take_name(
+        &self,
+        user: &Arc<User>,
+        name: &str,
+    ) -> Result<(Option<(String, Bytes)>, Option<(String, Bytes)>), ()> {
+        let mut users = self.lock();
+        let mut displaced = None;
+        if let Some(holder) = users.get(name).cloned() {
+            if holder.id == user.id {
+                user.set_name(name, true);
+                return Ok((None, None));
+            }
+            if holder.logged_in() {
+                return Err(());
+            }
+            let addr = holder.addr.to_string();
+            users.remove(name);
+            users.insert(addr.clone(), holder.clone());
+            holder.set_name(&addr, false);
+            holder.displaced.store(true, Ordering::Release);
+            holder.outbox.push(
+                ServerLine::TakenBack {
+                    name: name.into(),
+                    now: addr.clone(),
+                }
+                .to_bytes(),
+            );
+            tracing::info!(name, now = addr, "name taken back by its registered owner");
+            let notice = ServerLine::NameChanged {
+                old: name.into(),
+                new: addr.clone(),
+            }
+            .to_bytes();
+            if self.presence_on(users.len()) {
+                let others = users.values().filter(|u| u.id != holder.id);
+                fan_out(others, &notice, None);
+            }
+            displaced = Some((addr, notice));
+        }
+        let old = user.name();
+        users.remove(&old);
+        users.insert(name.to_string(), user.clone());
+        user.set_name(name, true);
+        let notice = ServerLine::NameChanged {
+            old: old.clone(),
+            new: name.into(),
+        }
+        .to_bytes();
+        if self.presence_on(users.len()) {
+            let others = users.values().filter(|u| u.id != user.id);
+            fan_out(others, &notice, None);
+        }
+        Ok((Some((old, notice)), displaced))
     }
 
     /// Everyone online, sorted: in a cluster, on every live node (this
@@ -338,6 +557,24 @@ impl LocalNode for Hub {
     fn names(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
     }
+}
+
+/// `lines` (public lines `<FROM> TEXT`, each with its `\n`) with FROM
+/// replaced by `to`: for lines encoded just before a login took the
+/// sender's name away. Lines not from `from` are kept as they are.
+fn rename_public_lines(lines: &[u8], from: &str, to: &str) -> Bytes {
+    let prefix = format!("<{from}> ");
+    let mut out = Vec::with_capacity(lines.len() + 16);
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        match line.strip_prefix(prefix.as_bytes()) {
+            Some(text) => {
+                out.extend_from_slice(format!("<{to}> ").as_bytes());
+                out.extend_from_slice(text);
+            }
+            None => out.extend_from_slice(line),
+        }
+    }
+    Bytes::from(out)
 }
 
 /// `*FROM* TEXT`, encoded for the recipient's queue.

@@ -10,6 +10,9 @@
 //! - [`listener`]: the accept loop, the connection limit, shutdown.
 //! - [`admission`]: limits per client address (`--max-per-ip`,
 //!   `--max-connects-per-ip`).
+//! - [`accounts`]: registered names (`--accounts`): the file, password
+//!   checks off the async workers, reload; [`throttle`]: the brake on
+//!   failed logins per address.
 //! - [`connection`]: one client's session: read, parse, call the hub, reply.
 //! - [`hub`]: who is online, the protocol's operations, fan-out.
 //! - [`outbox`]: the per-user queue, bounded in bytes, and its writer.
@@ -19,6 +22,7 @@
 //! Modules depend downwards only: listener → connection → hub → cluster,
 //! outbox; none of them imports from the client side.
 
+pub mod accounts;
 pub mod admission;
 pub mod cluster;
 pub mod config;
@@ -26,6 +30,7 @@ pub mod connection;
 pub mod hub;
 pub mod listener;
 pub mod outbox;
+pub mod throttle;
 
 pub use config::Config;
 pub use listener::{run, run_in_cluster};

@@ -1,0 +1,359 @@
+//! Registered names (`imd --accounts FILE`): the file, password checks,
+//! reloading, and the brake on guessing.
+//!
+//! The file has one account a line:
+//!
+//! ```text
+//! # comments and blank lines are ignored
+//! alice:$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$...
+//! NAME:HASH
+//! ```
+//!
+//! NAME follows the name rules of PROTOCOL.md; HASH is an Argon2id PHC
+//! string, as `imd hash-password` prints it. Spaces around either are
+//! ignored. A name listed twice, a bad name or a hash that is not Argon2id
+//! makes the whole file invalid: at start imd exits 1, on a reload
+//! (SIGHUP) the accounts in use are kept and the error is logged.
+//!
+//! # Checking a password
+//!
+//! Argon2id costs tens of milliseconds of CPU and 19 MiB by design, so it
+//! runs on tokio's blocking threads, never on the async workers that move
+//! chat lines, and at most [`MAX_VERIFYING`] at once (the rest wait their
+//! turn): a flood of logins costs login latency, not chat latency. A name
+//! that is not registered is checked against a dummy hash with the same
+//! parameters, so neither the answer nor its timing says whether a name
+//! exists. Failures go through the [`Throttle`] of their address first.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use password_hash::rand_core::OsRng;
+use password_hash::SaltString;
+use tokio::sync::Semaphore;
+
+use super::throttle::Throttle;
+use crate::protocol::validate_name;
+
+/// Most password checks running at once. Each holds 19 MiB and a core for
+/// tens of milliseconds; four bound that to under 80 MiB and leave cores
+/// for the chat on any machine with more than four.
+pub const MAX_VERIFYING: usize = 4;
+
+/// Why the accounts file cannot be used. The message names the file and
+/// line, never a hash.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    /// The file cannot be read.
+    #[error("cannot read accounts file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A line of it is wrong.
+    #[error("{path}:{line}: {why}")]
+    Line {
+        path: String,
+        line: usize,
+        why: String,
+    },
+}
+
+/// The registered names and the state of logins: the table from the file
+/// (swapped whole on reload), the brake per address, and the count of
+/// failures.
+pub struct Accounts {
+    path: Option<PathBuf>,
+    /// NAME → its Argon2id PHC string. Read on every login and rename,
+    /// written only by a reload, which swaps in a whole new table.
+    table: RwLock<Arc<HashMap<String, String>>>,
+    /// A hash of a random password with the default parameters, checked
+    /// for names that are not registered.
+    dummy: String,
+    verifying: Semaphore,
+    throttle: Mutex<Throttle>,
+    failed: AtomicU64,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the hashes.
+        f.debug_struct("Accounts")
+            .field("path", &self.path)
+            .field("names", &self.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a login attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The password is the name's.
+    Accepted,
+    /// Wrong password, or no such name (deliberately not told apart).
+    Rejected,
+}
+
+/// Hashes `password` for the accounts file: Argon2id with the argon2
+/// crate's default (OWASP) parameters and a random salt.
+pub fn hash_password(password: &str) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("Argon2 with default parameters and a fresh salt cannot fail")
+        .to_string()
+}
+
+/// Parses an accounts file's text; `path` is only for the messages.
+pub fn parse(path: &str, text: &str) -> Result<HashMap<String, String>, AccountsError> {
+    let mut table = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: String| AccountsError::Line {
+            path: path.to_string(),
+            line: i + 1,
+            why,
+        };
+        let (name, hash) = line
+            .split_once(':')
+            .ok_or_else(|| bad("expected NAME:HASH".into()))?;
+        let (name, hash) = (name.trim(), hash.trim());
+        validate_name(name).map_err(|e| bad(format!("invalid name: {e}")))?;
+        let parsed = PasswordHash::new(hash)
+            .map_err(|e| bad(format!("'{name}': not a PHC hash string ({e})")))?;
+        if parsed.algorithm.as_str() != "argon2id" {
+            return Err(bad(format!(
+                "'{name}': the hash must be Argon2id (imd hash-password), not {}",
+                parsed.algorithm
+            )));
+        }
+        if parsed.hash.is_none() || parsed.salt.is_none() {
+            return Err(bad(format!(
+                "'{name}': the hash has no salt or no hash value"
+            )));
+        }
+        if let Err(e) = argon2::Params::try_from(&parsed) {
+            return Err(bad(format!("'{name}': bad Argon2 parameters ({e})")));
+        }
+        if table.insert(name.to_string(), hash.to_string()).is_some() {
+            return Err(bad(format!("'{name}' is listed twice")));
+        }
+    }
+    Ok(table)
+}
+
+fn read_file(path: &Path) -> Result<HashMap<String, String>, AccountsError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| AccountsError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse(&shown, &text)
+}
+
+impl Accounts {
+    /// Loads the accounts file at `path`.
+    pub fn load(path: &Path) -> Result<Arc<Accounts>, AccountsError> {
+        let table = read_file(path)?;
+        Ok(Accounts::build(Some(path.to_path_buf()), table))
+    }
+
+    /// Accounts from a table in memory (tests; `reload` then keeps it).
+    pub fn from_table(table: HashMap<String, String>) -> Arc<Accounts> {
+        Accounts::build(None, table)
+    }
+
+    fn build(path: Option<PathBuf>, table: HashMap<String, String>) -> Arc<Accounts> {
+        Arc::new(Accounts {
+            path,
+            table: RwLock::new(Arc::new(table)),
+            dummy: hash_password(&format!("{:x}", rand_u64())),
+            verifying: Semaphore::new(MAX_VERIFYING),
+            throttle: Mutex::new(Throttle::default()),
+            failed: AtomicU64::new(0),
+        })
+    }
+
+    fn read(&self) -> Arc<HashMap<String, String>> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reads the file again and, if it is valid, uses it from now on.
+    /// Returns the number of names; on an error the old accounts stay.
+    pub fn reload(&self) -> Result<usize, AccountsError> {
+        let Some(path) = &self.path else {
+            return Ok(self.read().len());
+        };
+        let table = read_file(path)?;
+        let n = table.len();
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        Ok(n)
+    }
+
+    /// Whether `name` is registered.
+    pub fn is_registered(&self, name: &str) -> bool {
+        self.read().contains_key(name)
+    }
+
+    /// Failed logins since the start (for `imd_failed_logins_total`).
+    pub fn failed_logins(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Checks `password` for `name`, attempted from `ip`. Waits first as
+    /// long as the address's earlier failures require; the check itself
+    /// runs on a blocking thread, at most [`MAX_VERIFYING`] at once. Every
+    /// failure is counted and logged (the name, never the password).
+    pub async fn verify(&self, ip: IpAddr, name: &str, password: &str) -> Verdict {
+        let booked = {
+            let mut t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+            t.book(ip, tokio::time::Instant::now())
+        };
+        let ok = match booked {
+            None => false,
+            Some(wait) => {
+                if !wait.is_zero() {
+                    tracing::debug!(%ip, ?wait, "login held back after failures");
+                    tokio::time::sleep(wait).await;
+                }
+                let hash = self
+                    .read()
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| self.dummy.clone());
+                let registered = self.is_registered(name);
+                let matches = self.check(hash, password.to_owned()).await;
+                matches && registered
+            }
+        };
+        let mut t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            t.succeeded(ip);
+            Verdict::Accepted
+        } else {
+            t.failed(ip, tokio::time::Instant::now());
+            drop(t);
+            let n = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
+            let name = crate::protocol::visible(name);
+            let held = booked.is_none();
+            tracing::warn!(%ip, %name, failed_total = n, refused_unchecked = held, "login failed");
+            Verdict::Rejected
+        }
+    }
+
+    /// Runs the Argon2 check off the async workers, within the bound.
+    async fn check(&self, hash: String, password: String) -> bool {
+        let Ok(_permit) = self.verifying.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// A random number for the dummy password (never used as a secret: it only
+/// makes the dummy hash one that no password is known to match).
+fn rand_u64() -> u64 {
+    use password_hash::rand_core::RngCore;
+    OsRng.next_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(&str, &str)]) -> HashMap<String, String> {
+        entries
+            .iter()
+            .map(|(n, p)| (n.to_string(), hash_password(p)))
+            .collect()
+    }
+
+    #[test]
+    fn a_file_with_comments_parses_and_bad_lines_say_where() {
+        let h = hash_password("pw");
+        let text = format!("# accounts\n\n  alice : {h}\r\nbob:{h}\n");
+        let t = parse("f", &text).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t.contains_key("alice"));
+
+        let err = |text: &str| parse("f", text).unwrap_err().to_string();
+        assert_eq!(err(&format!("a:{h}\nnocolon\n")), "f:2: expected NAME:HASH");
+        assert!(err(&format!("a b:{h}")).starts_with("f:1: invalid name"));
+        assert!(err("a:plaintext").starts_with("f:1: 'a': not a PHC hash string"));
+        assert!(err(&format!("a:{h}\na:{h}")).contains("'a' is listed twice"));
+        let argon2i = h.replace("$argon2id$", "$argon2i$");
+        assert!(
+            err(&format!("a:{argon2i}")).contains("must be Argon2id"),
+            "{}",
+            err(&format!("a:{argon2i}"))
+        );
+        let junk = err("a:$argon2id$v=19$junk");
+        assert!(
+            junk.starts_with("f:1: 'a'") && !junk.contains("junk"),
+            "{junk}"
+        );
+        let weak = err("a:$argon2id$v=19$m=1,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo");
+        assert!(weak.contains("bad Argon2 parameters"), "{weak}");
+    }
+
+    /// The right password is accepted, a wrong one and an unknown name
+    /// are rejected and counted.
+    #[tokio::test]
+    async fn verify_accepts_only_the_right_password() {
+        let a = Accounts::from_table(table(&[("alice", "secret")]));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(a.verify(ip, "alice", "secret").await, Verdict::Accepted);
+        assert_eq!(a.failed_logins(), 0);
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(a.verify(other, "alice", "wrong").await, Verdict::Rejected);
+        assert_eq!(a.failed_logins(), 1);
+        let third: IpAddr = "10.0.0.3".parse().unwrap();
+        assert_eq!(a.verify(third, "nobody", "secret").await, Verdict::Rejected);
+        assert_eq!(a.failed_logins(), 2);
+    }
+
+    /// On paused time: after failures, the next attempt from the same
+    /// address waits the brake's delay before it is even checked, and an
+    /// attempt from another address does not.
+    #[tokio::test(start_paused = true)]
+    async fn failures_slow_down_the_next_attempt_from_that_address() {
+        use super::super::throttle::{delay_after, FIRST_DELAY};
+        let a = Accounts::from_table(table(&[("alice", "secret")]));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            a.verify(ip, "alice", "guess").await;
+        }
+        let start = tokio::time::Instant::now();
+        assert_eq!(a.verify(ip, "alice", "secret").await, Verdict::Accepted);
+        let waited = start.elapsed();
+        assert!(
+            waited >= delay_after(3),
+            "waited only {waited:?} after 3 failures"
+        );
+        // The success cleared the address.
+        let start = tokio::time::Instant::now();
+        a.verify(ip, "alice", "secret").await;
+        assert!(start.elapsed() < FIRST_DELAY, "{:?}", start.elapsed());
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let start = tokio::time::Instant::now();
+        a.verify(other, "alice", "secret").await;
+        assert!(start.elapsed() < FIRST_DELAY);
+    }
+}
