@@ -84,6 +84,9 @@ pub enum Unsendable {
     /// A name with a line break cannot be sent as one line.
     #[error("invalid name {0:?}: no line breaks")]
     NameLineBreak(String),
+    /// A password would cross the network unencrypted.
+    #[error("a password is sent in plain text only to a loopback address; connect with TLS")]
+    PlaintextPassword,
 }
 
 /// One connection to an imd server.

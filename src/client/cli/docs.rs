@@ -11,10 +11,16 @@ use clap_complete::Shell;
 use super::{Args, CliError, EXIT_CODES};
 
 /// Variables imc reads outside clap, for the man page's ENVIRONMENT.
-const EXTRA_ENV: &[(&str, &str)] = &[(
-    "IMC_HISTORY",
-    "The REPL's history file (default ~/.imc_history); set but empty, no history is kept.",
-)];
+const EXTRA_ENV: &[(&str, &str)] = &[
+    (
+        "IMC_HISTORY",
+        "The REPL's history file (default ~/.imc_history); set but empty, no history is kept.",
+    ),
+    (
+        "IMC_PASSWORD",
+        "Password for a registered name: with --name, imc logs in instead of renaming; the REPL uses it when a name is registered (otherwise it asks, without echo). Sent in plain text only to a loopback address.",
+    ),
+];
 
 /// Prints the completion script for `shell` on stdout.
 pub fn completions(shell: Shell) -> Result<(), CliError> {

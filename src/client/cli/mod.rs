@@ -7,6 +7,8 @@
 //! - [`listen`]: print what arrives, one line (or JSON object) per event;
 //! - [`repl`]: the 1/2/3/0 menu for people (the default);
 //! - [`output`]: how events look on stdout, and writing them there;
+//! - [`password`]: `IMC_PASSWORD`, the no-echo prompt, and where a
+//!   password may be sent;
 //! - [`input`]: stdin lines read on a plain thread, so a pending read can
 //!   never hold up the exit of the process;
 //! - [`docs`]: `completions` and `man`, generated from these definitions
@@ -20,6 +22,7 @@ pub mod input;
 pub mod listen;
 pub mod oneshot;
 pub mod output;
+pub mod password;
 pub mod repl;
 
 use std::io;
@@ -70,7 +73,8 @@ pub struct Args {
     #[arg(long, env = "IMC_PORT", default_value_t = 8000)]
     pub port: u16,
     /// Claim this name right after connecting, before anything else; if it
-    /// is taken or invalid, imc says why and exits 1.
+    /// is taken or invalid, imc says why and exits 1. With IMC_PASSWORD
+    /// set, log in as this registered name instead (exit 1 if refused).
     #[arg(long, env = "IMC_NAME")]
     pub name: Option<String>,
     /// Seconds allowed to connect, and in all for a one-shot command (for
@@ -400,7 +404,10 @@ pub async fn connect(args: &Args) -> Result<Client, ClientError> {
     let start = async {
         let mut client = Client::connect(&addr, args.timeout).await?;
         if let Some(name) = &args.name {
-            client.rename(name).await?;
+            match password::from_env() {
+                Some(pw) => password::login(&mut client, name, &pw).await?,
+                None => client.rename(name).await?,
+            }
         }
         Ok(client)
     };

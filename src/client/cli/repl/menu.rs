@@ -10,7 +10,7 @@ use std::io::{self, StdinLock, Write};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::cli::{input, output};
+use crate::client::cli::{input, output, password};
 use crate::protocol::visible;
 
 /// The menu, word for word (README.md, "The REPL").
@@ -26,6 +26,7 @@ pub(super) enum Op {
     Say(String),
     Whisper { to: String, text: String },
     Rename(String),
+    Login { name: String, password: String },
     Who,
 }
 
@@ -38,6 +39,8 @@ pub(super) enum Done {
     },
     Whispered,
     Renamed(String),
+    /// The name is registered: log in to take it.
+    NeedsPassword(String),
     Names(Vec<String>),
 }
 
@@ -183,8 +186,37 @@ impl<I: LineInput> Menu<I> {
         let Some(name) = self.name("new name> ", &[])? else {
             return Ok(());
         };
-        if let Some(Done::Renamed(now)) = self.call(Op::Rename(name))? {
-            self.say(&format!("ok rename: you are now {}", visible(&now)))?;
+        match self.call(Op::Rename(name))? {
+            Some(Done::Renamed(now)) => {
+                self.say(&format!("ok rename: you are now {}", visible(&now)))?
+            }
+            Some(Done::NeedsPassword(name)) => self.log_in(name)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The name is registered: logs in with IMC_PASSWORD, or with a
+    /// password asked for without echo (never through the line editor,
+    /// so never in its history).
+    fn log_in(&mut self, name: String) -> Result<(), End> {
+        let password = match password::from_env() {
+            Some(p) => p,
+            None => match password::prompt(&visible(&name)) {
+                Ok(p) if !p.is_empty() => p,
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let _ = writeln!(
+                        io::stderr(),
+                        "refused: '{}' is registered; cannot ask for its password ({e}); set IMC_PASSWORD",
+                        visible(&name)
+                    );
+                    return Ok(());
+                }
+            },
+        };
+        if let Some(Done::Renamed(now)) = self.call(Op::Login { name, password })? {
+            self.say(&format!("ok login: you are now {}", visible(&now)))?;
         }
         Ok(())
     }

@@ -38,9 +38,9 @@ use rustyline::ExternalPrinter;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, ClientError, Event};
-use crate::protocol::visible;
+use crate::protocol::{visible, ErrorCode};
 
-use super::{connect, output, within, Args, CliError, CLOSE_WAIT};
+use super::{connect, output, password, within, Args, CliError, CLOSE_WAIT};
 use menu::{Done, End, Menu, Op, Piped, Request};
 use terminal::Terminal;
 
@@ -208,8 +208,16 @@ async fn exec(client: &mut Client, op: Op) -> Result<Done, ClientError> {
             client.whisper(&to, &text).await?;
             Ok(Done::Whispered)
         }
-        Op::Rename(name) => {
-            client.rename(&name).await?;
+        Op::Rename(name) => match client.rename(&name).await {
+            Ok(()) => Ok(Done::Renamed(client.name().to_string())),
+            Err(ClientError::Refused {
+                code: ErrorCode::NameRegistered,
+                ..
+            }) => Ok(Done::NeedsPassword(name)),
+            Err(e) => Err(e),
+        },
+        Op::Login { name, password } => {
+            password::login(client, &name, &password).await?;
             Ok(Done::Renamed(client.name().to_string()))
         }
         Op::Who => Ok(Done::Names(client.who().await?)),
