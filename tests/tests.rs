@@ -8,6 +8,7 @@ mod cli_docs;
 mod cluster;
 mod imc;
 mod limits;
+mod login;
 mod scenarios;
 mod server;
 mod service;

@@ -168,14 +168,44 @@ impl TestServer {
     /// [`TestServer::start_binary`] with environment variables set (such
     /// as `IMD_IDLE_TIMEOUT`), on top of [`imd_command`]'s clean slate.
     pub fn start_binary_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        TestServer::spawn_binary(args, env, Stdio::inherit()).0
+    }
+
+    /// [`TestServer::start_binary_env`] with imd's log (stderr) coming
+    /// back line by line, for tests that wait on a log line or check what
+    /// the log holds. The channel ends when imd exits.
+    pub fn start_binary_logged(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (TestServer, std::sync::mpsc::Receiver<String>) {
+        let (server, stderr) = TestServer::spawn_binary(args, env, Stdio::piped());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = stderr.expect("stderr is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("imd: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (server, rx)
+    }
+
+    fn spawn_binary(
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> (TestServer, Option<std::process::ChildStderr>) {
         let mut child = imd_command()
             .args(["--ip", "127.0.0.1", "--port", "0"])
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("imd starts");
+        let log = child.stderr.take();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut first = String::new();
         out.read_line(&mut first).unwrap();
@@ -185,12 +215,13 @@ impl TestServer {
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
             .parse()
             .unwrap();
-        TestServer {
+        let server = TestServer {
             addr,
             running: Running::Binary(child),
             home: tempfile::tempdir().unwrap(),
             transcript: Transcript::new(),
-        }
+        };
+        (server, log)
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -1,0 +1,363 @@
+//! Registered names (`imd --accounts`): `login|NAME|PASSWORD`, the rules
+//! for who keeps a name, reloading on SIGHUP, passwords kept out of the
+//! log, and imc's `IMC_PASSWORD`.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imchat::server::accounts::{hash_password, Accounts};
+use imchat::server::Config;
+
+use crate::support::{imd_command, test_config, LineClient, TestServer, Transcript};
+
+/// A password no other text of a session contains, so finding it in a log
+/// means it leaked.
+const ALICE_PW: &str = "correct-horse-7f3a";
+
+/// An accounts file in its own directory (kept alive by the returned guard).
+fn accounts_file(entries: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("accounts");
+    write_accounts(&path, entries);
+    (dir, path)
+}
+
+fn write_accounts(path: &Path, entries: &[(&str, &str)]) {
+    let mut text = String::from("# test accounts\n\n");
+    for (name, pw) in entries {
+        text.push_str(&format!("{name}:{}\n", hash_password(pw)));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// An in-process imd with these accounts; the test keeps the accounts to
+/// reload them.
+fn server_with(path: &Path) -> (TestServer, Arc<Accounts>) {
+    let accounts = Accounts::load(path).unwrap();
+    let srv = TestServer::with_config(Config {
+        accounts: Some(accounts.clone()),
+        ..test_config()
+    });
+    (srv, accounts)
+}
+
+/// A right password: the user is told `ok login`, the others see the
+/// usual rename notice, and `who` lists the name.
+#[test]
+fn login_takes_a_registered_name() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, _) = server_with(&path);
+    let mut bob = srv.client("bob");
+    let mut a = srv.raw_client("a");
+    bob.expect(&format!(r"^\*\*\* {} is online$", regex::escape(&a.name)));
+    a.send(&format!("login|alice|{ALICE_PW}"));
+    a.expect_next("^ok login: you are now alice$");
+    bob.expect(&format!(
+        r"^\*\*\* {} is now known as alice$",
+        regex::escape(&a.name)
+    ));
+    a.send("hello");
+    bob.expect("^<alice> hello$");
+    assert_eq!(bob.who(), ["alice", "bob"]);
+}
+
+/// A wrong password and a name that is not registered get the very same
+/// reply, which says nothing about the name; nobody else hears of it, and
+/// the user keeps its name.
+#[test]
+fn failed_logins_give_no_hint_and_change_nothing() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, accounts) = server_with(&path);
+    let mut bob = srv.client("bob");
+    let mut m = srv.client("mallory");
+    m.send("login|alice|guess");
+    let wrong = m.expect_next("^error auth-failed: ");
+    m.send(&format!("login|nobody|{ALICE_PW}"));
+    let unknown = m.expect_next("^error auth-failed: ");
+    assert_eq!(
+        wrong, unknown,
+        "the reply tells a wrong password from an unknown name"
+    );
+    assert!(
+        !wrong.contains("alice") && !wrong.contains("exist"),
+        "{wrong}"
+    );
+    m.send("fence");
+    bob.expect_none_before("known as alice|<alice>", "^<mallory> fence$");
+    assert_eq!(accounts.failed_logins(), 2, "both failures are counted");
+    assert_eq!(bob.who(), ["bob", "mallory"]);
+}
+
+/// `rename` to a registered name is refused with `name-registered`;
+/// unregistered names work as before.
+#[test]
+fn rename_to_a_registered_name_is_refused() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, _) = server_with(&path);
+    let mut bob = srv.client("bob");
+    let mut c = srv.raw_client("c");
+    c.send("rename|alice");
+    c.expect_next(r"^error name-registered: use login\|alice\|PASSWORD$");
+    c.send("rename|carol");
+    c.expect_next("^ok rename: you are now carol$");
+    bob.expect(r"is now known as carol$");
+    assert_eq!(bob.who(), ["bob", "carol"]);
+}
+
+/// A user that holds a name before it is registered keeps it until the
+/// owner logs in: then it is renamed to its address and told why, its
+/// next line goes out under its address, and everyone sees both renames.
+#[test]
+fn login_takes_a_name_back_from_a_user_who_did_not_log_in() {
+    let (_dir, path) = accounts_file(&[("bob", "bobs-pw")]);
+    let (srv, accounts) = server_with(&path);
+    let mut watch = srv.client("watch");
+    let mut squatter = srv.client("alice");
+    let addr = squatter.name.clone();
+    write_accounts(&path, &[("alice", ALICE_PW), ("bob", "bobs-pw")]);
+    assert_eq!(accounts.reload().unwrap(), 2);
+    let mut owner = srv.raw_client("owner");
+    owner.send(&format!("login|alice|{ALICE_PW}"));
+    owner.expect_next("^ok login: you are now alice$");
+    squatter.expect_next(&format!(
+        r"^\*\*\* renamed: you are now {} \(alice is a registered name and its owner logged in\)$",
+        regex::escape(&addr)
+    ));
+    watch.expect(&format!(
+        r"^\*\*\* alice is now known as {}$",
+        regex::escape(&addr)
+    ));
+    watch.expect(&format!(
+        r"^\*\*\* {} is now known as alice$",
+        regex::escape(&owner.name)
+    ));
+    squatter.send("still here");
+    watch.expect(&format!("^<{}> still here$", regex::escape(&addr)));
+    owner.send("it is me");
+    watch.expect("^<alice> it is me$");
+    squatter.send("rename|alice");
+    squatter.expect("^error name-registered: ");
+}
+
+/// A name held by a session that logged in cannot be taken by another
+/// login with the right password: `name-taken`, and the first keeps it.
+#[test]
+fn a_logged_in_name_is_not_taken_by_a_second_login() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, _) = server_with(&path);
+    let mut first = srv.raw_client("first");
+    first.send(&format!("login|alice|{ALICE_PW}"));
+    first.expect_next("^ok login: you are now alice$");
+    let mut second = srv.raw_client("second");
+    second.send(&format!("login|alice|{ALICE_PW}"));
+    second.expect_next("^error name-taken: ");
+    second.send("fence");
+    first.expect_none_before("renamed: you are now", "fence$");
+    first.send("mine");
+    second.expect("^<alice> mine$");
+}
+
+/// Renaming away from a logged-in name gives it up: the old holder is an
+/// ordinary user under its new name (cannot rename back) and the owner
+/// can log in again from elsewhere.
+#[test]
+fn renaming_away_gives_the_name_up() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, _) = server_with(&path);
+    let mut a = srv.raw_client("a");
+    a.send(&format!("login|alice|{ALICE_PW}"));
+    a.expect_next("^ok login: you are now alice$");
+    a.send("rename|al");
+    a.expect_next("^ok rename: you are now al$");
+    a.send("rename|alice");
+    a.expect_next("^error name-registered: ");
+    let mut b = srv.raw_client("b");
+    b.send(&format!("login|alice|{ALICE_PW}"));
+    b.expect_next("^ok login: you are now alice$");
+    assert_eq!(a.who(), ["al", "alice"]);
+}
+
+/// Waits (bounded) for a log line containing `needle`.
+fn wait_for_log(log: &Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?}: {e}"),
+        }
+    }
+}
+
+fn sighup(srv: &TestServer) {
+    let pid = libc::pid_t::try_from(srv.pid()).unwrap();
+    // SAFETY: kill(2) on our own live child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+}
+
+/// The real binary: an account added to the file works after SIGHUP
+/// (synchronised on imd's log line), a broken file on the next SIGHUP
+/// keeps the accounts in use, and the hash comes from `imd
+/// hash-password`.
+#[test]
+fn sighup_reloads_the_accounts_file() {
+    let hashed = imd_command()
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"dave-pw\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(hashed.status.success());
+    let hash = String::from_utf8(hashed.stdout).unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, log) = TestServer::start_binary_logged(
+        &["--accounts", path.to_str().unwrap()],
+        &[("RUST_LOG", "info")],
+    );
+    let mut d = LineClient::connect(srv.addr(), "d", Transcript::new());
+    d.send("login|dave|dave-pw");
+    d.expect_next("^error auth-failed: ");
+
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!("dave:{}", hash.trim()));
+    std::fs::write(&path, &text).unwrap();
+    sighup(&srv);
+    wait_for_log(&log, "accounts reloaded");
+    d.send("login|dave|dave-pw");
+    d.expect_next("^ok login: you are now dave$");
+
+    std::fs::write(&path, "dave:not-a-hash\n").unwrap();
+    sighup(&srv);
+    let err = wait_for_log(&log, "accounts not reloaded");
+    assert!(err.contains(":1:"), "the error names the line: {err}");
+    let mut a = LineClient::connect(srv.addr(), "a", Transcript::new());
+    a.send(&format!("login|alice|{ALICE_PW}"));
+    a.expect_next("^ok login: you are now alice$");
+}
+
+/// An invalid accounts file at start: imd says which line and exits 1;
+/// `hash-password` with nothing on stdin exits 2.
+#[test]
+fn invalid_accounts_file_at_start_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("accounts");
+    std::fs::write(
+        &path,
+        "# ok\nalice:$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n",
+    )
+    .unwrap();
+    let out = imd_command()
+        .args(["--port", "0", "--accounts", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("accounts:2:") && err.contains("Argon2id"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "imd must not listen");
+
+    let missing = imd_command()
+        .args(["--port", "0", "--accounts", "/nonexistent/accounts"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+
+    let empty = imd_command()
+        .arg("hash-password")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(2));
+}
+
+/// At the most verbose log level, no password reaches imd's log: not a
+/// right one, not a wrong one, not one in a malformed or unregistered
+/// login. (The log does show the failures.)
+#[test]
+fn passwords_never_reach_the_log() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (mut srv, log) = TestServer::start_binary_logged(
+        &["--accounts", path.to_str().unwrap()],
+        &[("RUST_LOG", "trace")],
+    );
+    let mut a = LineClient::connect(srv.addr(), "a", Transcript::new());
+    a.send("login|alice|wrong-9d2e");
+    a.expect_next("^error auth-failed");
+    a.send("login|nobody|other-41c7");
+    a.expect_next("^error auth-failed");
+    a.send(&format!("login|alice|{ALICE_PW}"));
+    a.expect_next("^ok login");
+    a.send("rename|x|y-55ab");
+    a.expect_next("^error bad-name");
+    a.quit();
+    assert!(srv.terminate().success());
+    let all: Vec<String> = log.iter().collect();
+    let text = all.join("\n");
+    assert!(
+        text.contains("login failed"),
+        "failures are logged:\n{text}"
+    );
+    for secret in [ALICE_PW, "wrong-9d2e", "other-41c7"] {
+        assert!(!text.contains(secret), "{secret} is in the log:\n{text}");
+    }
+}
+
+/// `imc --name alice` with IMC_PASSWORD logs in and sends (bob sees the
+/// rename and the message); with a wrong password it exits 1 with the
+/// server's reason and sends nothing.
+#[test]
+fn imc_logs_in_with_imc_password() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, _) = server_with(&path);
+    let mut bob = srv.client("bob");
+    srv.imc()
+        .env("IMC_PASSWORD", ALICE_PW)
+        .args(["--name", "alice", "send", "signed", "in"])
+        .assert()
+        .success();
+    bob.expect(r"^\*\*\* \S+ is now known as alice$");
+    bob.expect("^<alice> signed in$");
+
+    srv.imc()
+        .env("IMC_PASSWORD", "wrong")
+        .args(["--name", "alice", "send", "should not arrive"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("(auth-failed)"));
+    bob.expect_none_before("should not arrive|known as alice", r"is offline \(quit\)$");
+
+    // Without IMC_PASSWORD, --name is a rename, refused for a registered name.
+    srv.imc()
+        .args(["--name", "alice", "send", "x"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("(name-registered)"));
+}
+
+/// The REPL, when a new name is registered, logs in with IMC_PASSWORD
+/// (here with piped stdin, where it cannot prompt).
+#[test]
+fn repl_logs_in_when_the_name_is_registered() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, _) = server_with(&path);
+    let mut bob = srv.client("bob");
+    srv.imc()
+        .env("IMC_PASSWORD", ALICE_PW)
+        .write_stdin("3\nalice\n0\n")
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("ok login: you are now alice"));
+    bob.expect(r"^\*\*\* \S+ is now known as alice$");
+}
