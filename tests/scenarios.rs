@@ -102,6 +102,7 @@ macro_rules! scenario_files {
 }
 
 scenario_files! {
+    login_rules,
     commands_are_exact,
     control_characters,
     errors,

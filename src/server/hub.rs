@@ -602,3 +602,74 @@ fn fan_out<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::accounts::{hash_password, Accounts};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    /// Public lines encoded under a name that a login then took away go
+    /// out under the sender's new name (its address): no line shows a
+    /// registered name its owner did not send.
+    #[tokio::test]
+    async fn lines_encoded_before_a_takeover_do_not_carry_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts");
+        std::fs::write(&path, "").unwrap();
+        let accounts = Accounts::load(&path).unwrap();
+        let hub = Hub::new(
+            Config {
+                accounts: Some(accounts.clone()),
+                ..Config::default()
+            },
+            None,
+        );
+        let (watch, drain) = hub.new_user("127.0.0.1:4000".parse().unwrap());
+        let (w, seen) = tokio::io::duplex(1 << 16);
+        tokio::spawn(drain.write_to(w));
+        hub.join("watch", &watch).await;
+        let (squatter, _d1) = hub.new_user("127.0.0.1:4001".parse().unwrap());
+        hub.join("127.0.0.1:4001", &squatter).await;
+        hub.rename(&squatter, "alice").await.unwrap();
+
+        std::fs::write(&path, format!("alice:{}\n", hash_password("pw"))).unwrap();
+        accounts.reload().unwrap();
+        let (owner, _d2) = hub.new_user("127.0.0.1:4002".parse().unwrap());
+        hub.join("127.0.0.1:4002", &owner).await;
+        hub.login(&owner, "alice", "pw").await.unwrap();
+        assert!(squatter.take_displaced());
+
+        // The squatter's connection had encoded these before it noticed.
+        let lines = Bytes::from_static(b"<alice> one\n<alice> two\n");
+        hub.say(&squatter, "alice", lines, &mut Vec::new());
+        hub.say(
+            &owner,
+            "alice",
+            Bytes::from_static(b"<alice> real\n"),
+            &mut Vec::new(),
+        );
+
+        let mut seen = BufReader::new(seen).lines();
+        let mut got = Vec::new();
+        while got.last().map(String::as_str) != Some("<alice> real") {
+            got.push(seen.next_line().await.unwrap().unwrap());
+        }
+        let public: Vec<_> = got.iter().filter(|l| l.starts_with('<')).collect();
+        assert_eq!(
+            public,
+            [
+                "<127.0.0.1:4001> one",
+                "<127.0.0.1:4001> two",
+                "<alice> real"
+            ],
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn rename_public_lines_keeps_other_lines() {
+        let out = rename_public_lines(b"<a> x\n<ab> y\n<a> <a> z\n", "a", "b");
+        assert_eq!(&out[..], b"<b> x\n<ab> y\n<b> <a> z\n");
+    }
+}
