@@ -343,8 +343,10 @@ mod tests {
         let start = tokio::time::Instant::now();
         assert_eq!(a.verify(ip, "alice", "secret").await, Verdict::Accepted);
         let waited = start.elapsed();
+        // 0.5 s, 1 s, 2 s: the third failure's delay.
+        assert_eq!(delay_after(3), FIRST_DELAY * 4);
         assert!(
-            waited >= delay_after(3),
+            waited >= FIRST_DELAY * 4,
             "waited only {waited:?} after 3 failures"
         );
         // The success cleared the address.
