@@ -373,24 +373,7 @@ impl Hub {
         let renamed = {
             let mut users = self.lock();
             let free = !users.contains_key(new);
-            let old = user.name();
-            if free {
-                users.remove(&old);
-                users.insert(new.to_string(), user.clone());
-                user.set_name(new, false);
-                let notice = ServerLine::NameChanged {
-                    old: old.clone(),
-                    new: new.into(),
-                }
-                .to_bytes();
-                if self.presence_on(users.len()) {
-                    let others = users.values().filter(|u| u.id != user.id);
-                    fan_out(others, &notice, None);
-                }
-                Some((old, notice))
-            } else {
-                None
-            }
+            free.then(|| self.move_user(&mut users, user, new, false))
         };
         let Some((old, notice)) = renamed else {
             if let Some(c) = &self.cluster {
@@ -481,9 +464,7 @@ impl Hub {
                 return Err(());
             }
             let addr = holder.addr.to_string();
-            users.remove(name);
-            users.insert(addr.clone(), holder.clone());
-            holder.set_name(&addr, false);
+            let (_, notice) = self.move_user(&mut users, &holder, &addr, false);
             holder.displaced.store(true, Ordering::Release);
             holder.outbox.push(
                 ServerLine::TakenBack {
@@ -493,31 +474,36 @@ impl Hub {
                 .to_bytes(),
             );
             tracing::info!(name, now = addr, "name taken back by its registered owner");
-            let notice = ServerLine::NameChanged {
-                old: name.into(),
-                new: addr.clone(),
-            }
-            .to_bytes();
-            if self.presence_on(users.len()) {
-                let others = users.values().filter(|u| u.id != holder.id);
-                fan_out(others, &notice, None);
-            }
             displaced = Some((addr, notice));
         }
+        let moved = self.move_user(&mut users, user, name, true);
+        Ok((Some(moved), displaced))
+    }
+
+    /// Under the lock: moves `user` from its name to the free `new`
+    /// (`logged_in`: by login) and tells everyone else here. Returns the
+    /// old name and the notice, for the other nodes.
+    fn move_user(
+        &self,
+        users: &mut HashMap<String, Arc<User>>,
+        user: &Arc<User>,
+        new: &str,
+        logged_in: bool,
+    ) -> (String, Bytes) {
         let old = user.name();
         users.remove(&old);
-        users.insert(name.to_string(), user.clone());
-        user.set_name(name, true);
+        users.insert(new.to_string(), user.clone());
+        user.set_name(new, logged_in);
         let notice = ServerLine::NameChanged {
             old: old.clone(),
-            new: name.into(),
+            new: new.into(),
         }
         .to_bytes();
         if self.presence_on(users.len()) {
             let others = users.values().filter(|u| u.id != user.id);
             fan_out(others, &notice, None);
         }
-        Ok((Some((old, notice)), displaced))
+        (old, notice)
     }
 
     /// Everyone online, sorted: in a cluster, on every live node (this
