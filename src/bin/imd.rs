@@ -184,6 +184,10 @@ async fn main() -> ExitCode {
             }
         }
     };
+    let shutdown = shutdown_signal();
+    if let Some(accounts) = accounts {
+        reload_on_sighup(accounts);
+    }
     // The first stdout line, so scripts and tests can learn the port.
     let mut stdout = tokio::io::stdout();
     let _ = stdout
@@ -191,10 +195,7 @@ async fn main() -> ExitCode {
         .await;
     let _ = stdout.flush().await;
     tracing::info!(%addr, "listening");
-    if let Some(accounts) = accounts {
-        reload_on_sighup(accounts);
-    }
-    server::run_in_cluster(listener, config, cluster, shutdown_signal()).await;
+    server::run_in_cluster(listener, config, cluster, shutdown).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
@@ -288,25 +289,25 @@ fn logging(format: LogFormat) {
         .init();
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: imd calls it before it
+/// says it is listening, so a SIGTERM sent right after that line is a
+/// graceful stop, never the default action (death by the signal).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        if let Ok((mut term, mut int)) = signals {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
