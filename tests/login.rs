@@ -361,3 +361,45 @@ fn repl_logs_in_when_the_name_is_registered() {
         .stdout(predicates::str::contains("ok login: you are now alice"));
     bob.expect(r"^\*\*\* \S+ is now known as alice$");
 }
+
+/// In a cluster a login claims the name across the nodes like a rename,
+/// and cannot take a name back from a user of another node: that gets
+/// `name-taken` (here the other node runs without the accounts file,
+/// which PROTOCOL.md warns against, so its user could take the name).
+/// Once that user leaves, the login works and the other node sees the
+/// rename; a rename there to the logged-in name is then refused.
+#[test]
+fn cluster_login_claims_the_name_and_respects_other_nodes() {
+    let redis = crate::support::RedisServer::start();
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let url = redis.url();
+    let common = [
+        "--redis",
+        &url,
+        "--cluster-ttl",
+        "30",
+        "--idle-timeout",
+        "0",
+    ];
+    let mut with_accounts = common.to_vec();
+    with_accounts.extend(["--accounts", path.to_str().unwrap()]);
+    let n1 = TestServer::start_binary(&with_accounts);
+    let n2 = TestServer::start_binary(&common);
+    let mut squatter = n2.client("alice");
+    let mut watch = n2.client("watch");
+    let mut owner = n1.raw_client("owner");
+    owner.send(&format!("login|alice|{ALICE_PW}"));
+    owner.expect_next("^error name-taken: ");
+    squatter.send("fence");
+    squatter.expect("^<alice> fence$");
+    squatter.quit();
+    watch.expect(r"^\*\*\* alice is offline \(quit\)$");
+    owner.send(&format!("login|alice|{ALICE_PW}"));
+    owner.expect("^ok login: you are now alice$");
+    watch.expect(&format!(
+        r"^\*\*\* {} is now known as alice$",
+        regex::escape(&owner.name)
+    ));
+    watch.send("rename|alice");
+    watch.expect("^error name-taken: ");
+}
