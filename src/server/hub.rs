@@ -428,6 +428,11 @@ impl Hub {
             return Err(LoginError::Taken);
         };
         if let Some(c) = &self.cluster {
+            if here {
+                // Held here a moment ago, so claimed by this node; if the
+                // holder left meanwhile and released it, claim it again.
+                Box::pin(c.claim(name)).await;
+            }
             if let Some((addr, notice)) = &displaced {
                 Box::pin(c.claim(addr)).await;
                 Box::pin(c.add_user(addr)).await;
