@@ -242,8 +242,14 @@ impl Accounts {
             drop(t);
             let n = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
             let name = crate::protocol::visible(name);
-            let held = booked.is_none();
-            tracing::warn!(%ip, %name, failed_total = n, refused_unchecked = held, "login failed");
+            if booked.is_none() {
+                // Refused without a check: the address is far behind in
+                // its queue. At debug only, so a flood of these lines
+                // cannot flood the log too.
+                tracing::debug!(%ip, %name, failed_total = n, "login refused unchecked: too many failures");
+            } else {
+                tracing::warn!(%ip, %name, failed_total = n, "login failed");
+            }
             Verdict::Rejected
         }
     }
