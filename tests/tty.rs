@@ -218,3 +218,43 @@ fn ctrl_c_and_ctrl_d_inside_a_mode() {
     tty.expect("menu> ");
     tty.quit_at_menu();
 }
+
+/// On a terminal, choosing a registered name asks for its password
+/// without echo and logs in; the password shows neither on the terminal
+/// nor in the history file.
+#[test]
+fn registered_name_asks_for_the_password_without_echo() {
+    use imchat::server::accounts::{hash_password, Accounts};
+    const PW: &str = "tty-secret-93";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("accounts");
+    std::fs::write(&path, format!("alice:{}\n", hash_password(PW))).unwrap();
+    let srv = TestServer::with_config(imchat::server::Config {
+        accounts: Some(Accounts::load(&path).unwrap()),
+        ..crate::support::test_config()
+    });
+    let mut bob = srv.client("bob");
+    let mut tty = Tty::start(&srv, &[]);
+    tty.expect("menu> ");
+    tty.typed("3");
+    tty.expect("new name> ");
+    tty.typed("alice");
+    tty.expect("password for alice: ");
+    tty.typed(PW);
+    tty.expect("ok login: you are now alice");
+    bob.expect(r"^\*\*\* \S+ is now known as alice$");
+    tty.typed("1");
+    tty.expect("public> ");
+    tty.typed("hello as alice");
+    bob.expect("^<alice> hello as alice$");
+    tty.confirmed("<alice> hello as alice", "public> ");
+    let screen = tty.cmd("dump");
+    assert!(!screen.contains(PW), "the password was echoed: {screen}");
+    tty.leave_and_quit();
+    let history = std::fs::read_to_string(srv.home().join("history")).unwrap_or_default();
+    assert!(
+        history.contains("hello as alice"),
+        "history was written: {history:?}"
+    );
+    assert!(!history.contains(PW), "the password is in the history");
+}
