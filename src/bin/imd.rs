@@ -26,8 +26,8 @@ struct Args {
     #[command(subcommand)]
     command: Option<ImdCmd>,
     /// Print imd's man page (roff) on stdout and exit, e.g. `imd --man >
-    /// ~/.local/share/man/man1/imd.1`. A flag, like --help, because imd
-    /// takes only flags.
+    /// ~/.local/share/man/man1/imd.1`. A flag, like --help: imd's one
+    /// subcommand, hash-password, is a setup tool, not the server.
     #[arg(long)]
     man: bool,
     /// Address to listen on.
