@@ -1,6 +1,7 @@
 //! imchat: a TCP chat server (`imd`) and client (`imc`) speaking a small
-//! line protocol (`who`, `rename|NAME`, `to|NAME|MSG`, and plain lines as
-//! public messages). PROTOCOL.md describes the wire format in full.
+//! line protocol (`who`, `rename|NAME`, `to|NAME|MSG`, `login|NAME|PASSWORD`
+//! for registered names, and plain lines as public messages). PROTOCOL.md
+//! describes the wire format in full.
 //!
 //! # Layout
 //!
