@@ -77,6 +77,12 @@ struct Args {
     /// how soon a killed node's users leave `who`.
     #[arg(long, env = "IMD_CLUSTER_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     cluster_ttl: u64,
+    /// Serve Prometheus metrics as `GET /metrics` on this address (e.g.
+    /// 127.0.0.1:9808; port 0 picks a free one, printed on stdout). Off by
+    /// default. Anyone who can reach it can read the counts, not who said
+    /// what; keep it on a private address.
+    #[arg(long, env = "IMD_METRICS", value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Log format on stderr: `text` for people, `json` (one object a line)
     /// for log shippers.
     #[arg(long, env = "IMD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -87,7 +93,7 @@ struct Args {
 const EXIT_CODES: &str = "\
 Exit status:
   0  stopped by Ctrl-C or SIGTERM, after the graceful shutdown
-  1  cannot listen on --ip/--port, or cannot reach --redis at start
+  1  cannot listen on --ip/--port or --metrics, or cannot reach --redis at start
   2  usage error: a bad flag or environment variable";
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +138,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let metrics = match args.metrics {
+        None => None,
+        Some(at) => match TcpListener::bind(at)
+            .await
+            .and_then(|l| Ok((l.local_addr()?, l)))
+        {
+            Ok(bound) => Some(bound),
+            Err(e) => {
+                eprintln!("imd: cannot listen for metrics on {at}: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
     let cluster = match &args.redis {
         None => None,
         Some(url) => {
@@ -148,14 +167,24 @@ async fn main() -> ExitCode {
             }
         }
     };
-    // The first stdout line, so scripts and tests can learn the port.
+    // The first stdout line, so scripts and tests can learn the port; the
+    // metrics address, if any, is the second.
+    let mut said = format!("imd listening on {addr}\n");
+    if let Some((at, _)) = &metrics {
+        said.push_str(&format!("imd metrics on {at}\n"));
+    }
     let mut stdout = tokio::io::stdout();
-    let _ = stdout
-        .write_all(format!("imd listening on {addr}\n").as_bytes())
-        .await;
+    let _ = stdout.write_all(said.as_bytes()).await;
     let _ = stdout.flush().await;
     tracing::info!(%addr, "listening");
-    server::run_in_cluster(listener, config, cluster, shutdown_signal()).await;
+    if let Some((at, _)) = &metrics {
+        tracing::info!(addr = %at, "serving metrics at http://{at}/metrics");
+    }
+    let options = server::Options {
+        cluster,
+        metrics: metrics.map(|(_, l)| l),
+    };
+    server::run_with(listener, config, options, shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
