@@ -8,6 +8,7 @@ mod cli_docs;
 mod cluster;
 mod imc;
 mod limits;
+mod metrics;
 mod scenarios;
 mod server;
 mod service;

@@ -168,6 +168,33 @@ impl TestServer {
     /// [`TestServer::start_binary`] with environment variables set (such
     /// as `IMD_IDLE_TIMEOUT`), on top of [`imd_command`]'s clean slate.
     pub fn start_binary_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        TestServer::spawn_binary(args, env).0
+    }
+
+    /// The real `imd` binary serving metrics on a free port of 127.0.0.1
+    /// (`--metrics 127.0.0.1:0`), and the metrics address, read from its
+    /// second stdout line.
+    pub fn start_binary_with_metrics(args: &[&str]) -> (TestServer, SocketAddr) {
+        let mut all = vec!["--metrics", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let (server, mut out) = TestServer::spawn_binary(&all, &[]);
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let metrics = line
+            .trim()
+            .strip_prefix("imd metrics on ")
+            .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+            .parse()
+            .unwrap();
+        (server, metrics)
+    }
+
+    /// Starts the binary and reads its first stdout line; returns the rest
+    /// of its stdout.
+    fn spawn_binary(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (TestServer, BufReader<std::process::ChildStdout>) {
         let mut child = imd_command()
             .args(["--ip", "127.0.0.1", "--port", "0"])
             .args(args)
@@ -185,12 +212,13 @@ impl TestServer {
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
             .parse()
             .unwrap();
-        TestServer {
+        let server = TestServer {
             addr,
             running: Running::Binary(child),
             home: tempfile::tempdir().unwrap(),
             transcript: Transcript::new(),
-        }
+        };
+        (server, out)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -326,6 +354,10 @@ pub struct LineClient {
     transcript: Transcript,
     /// Our name as the server told us in the welcome line.
     pub name: String,
+    /// Whole lines read from the server so far, and their bytes (with
+    /// their `\n`): what the server's metrics should count as delivered.
+    pub lines_read: u64,
+    pub bytes_read: u64,
 }
 
 impl LineClient {
@@ -345,6 +377,8 @@ impl LineClient {
             reader,
             transcript,
             name: String::new(),
+            lines_read: 0,
+            bytes_read: 0,
         };
         let welcome = c.expect(r"^\*\*\* welcome, you are (\S+) ");
         c.name = welcome
@@ -387,7 +421,9 @@ impl LineClient {
                 self.transcript.record(&self.label, "<-", "(closed)");
                 panic!("{}: connection closed while waiting", self.label)
             }
-            Ok(_) => {
+            Ok(n) => {
+                self.lines_read += 1;
+                self.bytes_read += n as u64;
                 let line = String::from_utf8_lossy(&buf)
                     .trim_end_matches('\n')
                     .to_string();
