@@ -586,6 +586,27 @@ mod tests {
         assert_eq!(hub.budget().used(), 0, "every charge came back");
     }
 
+    /// What a metrics scrape reads from the hub: the users online here and
+    /// the output queued for them, as the budget charges it (a queue with
+    /// no writer yet keeps what is pushed).
+    #[tokio::test]
+    async fn the_hub_shows_the_metrics_who_is_online_and_what_is_queued() {
+        use crate::server::metrics::Source;
+        use crate::server::outbox::LINE_COST;
+        let hub = hub();
+        let (user, drain) = hub.new_user("127.0.0.1:4005".parse().unwrap());
+        hub.join("alice", &user).await;
+        assert!(user.outbox.push(bytes::Bytes::from_static(b"hello\n")));
+        let source: &dyn Source = &*hub;
+        assert_eq!(source.users_online(), 1);
+        assert_eq!(source.queued_bytes(), 6 + LINE_COST);
+        assert!(source.cluster().is_none());
+        hub.leave("alice", &user, LeaveReason::Quit).await;
+        drop(user);
+        drain.write_to(tokio::io::sink()).await;
+        assert_eq!((source.users_online(), source.queued_bytes()), (0, 0));
+    }
+
     /// At shutdown a connected user is told why before the socket closes,
     /// and no offline notice goes out.
     #[tokio::test]

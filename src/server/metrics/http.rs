@@ -242,29 +242,13 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::metrics::{ClusterStatus, Metrics};
+    use crate::server::metrics::tests::Fixed;
+    use crate::server::metrics::Metrics;
     use tokio::io::DuplexStream;
     use tokio::time::Instant;
 
-    struct Empty(Arc<Metrics>);
-
-    impl Source for Empty {
-        fn metrics(&self) -> &Metrics {
-            &self.0
-        }
-        fn users_online(&self) -> usize {
-            0
-        }
-        fn queued_bytes(&self) -> usize {
-            0
-        }
-        fn cluster(&self) -> Option<ClusterStatus> {
-            None
-        }
-    }
-
     fn test_registry() -> Registry {
-        registry(Arc::new(Empty(Metrics::new())))
+        registry(Arc::new(Fixed(Metrics::new(), None)))
     }
 
     /// Sends `request` on a fresh in-memory connection and returns the
@@ -291,7 +275,7 @@ mod tests {
             "{ok}"
         );
         let body = ok.split("\r\n\r\n").nth(1).unwrap();
-        assert!(body.contains("\nimd_users_online 0\n"), "{body}");
+        assert!(body.contains("\nimd_users_online 2\n"), "{body}");
         assert!(ok.contains(&format!("Content-Length: {}\r\n", body.len())));
         let query = ask(b"GET /metrics?name[]=x HTTP/1.0\n\n").await;
         assert!(query.starts_with("HTTP/1.1 200 OK\r\n"), "{query}");
