@@ -178,14 +178,7 @@ impl TestServer {
         let mut all = vec!["--metrics", "127.0.0.1:0"];
         all.extend_from_slice(args);
         let (server, mut out) = TestServer::spawn_binary(&all, &[]);
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let metrics = line
-            .trim()
-            .strip_prefix("imd metrics on ")
-            .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
-            .parse()
-            .unwrap();
+        let metrics = read_address(&mut out, "imd metrics on ");
         (server, metrics)
     }
 
@@ -204,14 +197,7 @@ impl TestServer {
             .spawn()
             .expect("imd starts");
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        let addr = first
-            .trim()
-            .strip_prefix("imd listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .parse()
-            .unwrap();
+        let addr = read_address(&mut out, "imd listening on ");
         let server = TestServer {
             addr,
             running: Running::Binary(child),
@@ -344,6 +330,17 @@ impl Drop for TestServer {
             }
         }
     }
+}
+
+/// Reads imd's next stdout line, which must be `PREFIX ADDRESS`.
+fn read_address(out: &mut impl BufRead, prefix: &str) -> SocketAddr {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected {prefix:?}, imd said {line:?}"))
+        .parse()
+        .unwrap()
 }
 
 /// A plain TCP client speaking the protocol line by line (blocking).
