@@ -9,6 +9,7 @@ mod cluster;
 mod imc;
 mod limits;
 mod login;
+mod metrics;
 mod scenarios;
 mod server;
 mod service;

@@ -87,6 +87,12 @@ struct Args {
     /// is free to take.
     #[arg(long, env = "IMD_ACCOUNTS", value_name = "FILE")]
     accounts: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics as `GET /metrics` on this address (e.g.
+    /// 127.0.0.1:9808; port 0 picks a free one, printed on stdout). Off by
+    /// default. Anyone who can reach it can read the counts, not who said
+    /// what; keep it on a private address.
+    #[arg(long, env = "IMD_METRICS", value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Log format on stderr: `text` for people, `json` (one object a line)
     /// for log shippers.
     #[arg(long, env = "IMD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -107,8 +113,8 @@ const EXIT_CODES: &str = "\
 Exit status:
   0  stopped by Ctrl-C or SIGTERM, after the graceful shutdown
      (hash-password: the hash was printed)
-  1  cannot listen on --ip/--port, cannot reach --redis, or the --accounts
-     file is missing or invalid, at start
+  1  cannot listen on --ip/--port or --metrics, cannot reach --redis, or
+     the --accounts file is missing or invalid, at start
   2  usage error: a bad flag or environment variable (hash-password: no
      password on stdin)";
 
@@ -168,6 +174,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let metrics = match args.metrics {
+        None => None,
+        Some(at) => match TcpListener::bind(at)
+            .await
+            .and_then(|l| Ok((l.local_addr()?, l)))
+        {
+            Ok(bound) => Some(bound),
+            Err(e) => {
+                eprintln!("imd: cannot listen for metrics on {at}: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
     let cluster = match &args.redis {
         None => None,
         Some(url) => {
@@ -188,14 +207,24 @@ async fn main() -> ExitCode {
     if let Some(accounts) = accounts {
         reload_on_sighup(accounts);
     }
-    // The first stdout line, so scripts and tests can learn the port.
+    // The first stdout line, so scripts and tests can learn the port; the
+    // metrics address, if any, is the second.
+    let mut said = format!("imd listening on {addr}\n");
+    if let Some((at, _)) = &metrics {
+        said.push_str(&format!("imd metrics on {at}\n"));
+    }
     let mut stdout = tokio::io::stdout();
-    let _ = stdout
-        .write_all(format!("imd listening on {addr}\n").as_bytes())
-        .await;
+    let _ = stdout.write_all(said.as_bytes()).await;
     let _ = stdout.flush().await;
     tracing::info!(%addr, "listening");
-    server::run_in_cluster(listener, config, cluster, shutdown).await;
+    if let Some((at, _)) = &metrics {
+        tracing::info!(addr = %at, "serving metrics at http://{at}/metrics");
+    }
+    let options = server::Options {
+        cluster,
+        metrics: metrics.map(|(_, l)| l),
+    };
+    server::run_with(listener, config, options, shutdown).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

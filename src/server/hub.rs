@@ -33,7 +33,8 @@ use bytes::Bytes;
 
 use super::accounts::{Accounts, Verdict};
 use super::cluster::{Cluster, LocalNode};
-use super::outbox::{outbox, Budget, Drain, Outbox};
+use super::metrics::{ClusterStatus, Metrics, Source};
+use super::outbox::{count_lines, outbox, Budget, Drain, Outbox};
 use super::Config;
 use crate::protocol::{validate_name, LeaveReason, NameError, ServerLine};
 
@@ -131,6 +132,8 @@ pub struct Hub {
     budget: Arc<Budget>,
     /// The other nodes, when this node is one of several (`imd --redis`).
     cluster: Option<Arc<Cluster>>,
+    /// What the connections count, for `imd --metrics`.
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
@@ -143,6 +146,7 @@ impl Hub {
             budget: Budget::new(config.max_queued_bytes),
             config,
             cluster,
+            metrics: Metrics::new(),
         })
     }
 
@@ -180,6 +184,11 @@ impl Hub {
     /// `imd_failed_logins_total` reports.
     pub fn failed_logins(&self) -> u64 {
         self.accounts().map_or(0, |a| a.failed_logins())
+    }
+
+    /// The counters behind `imd --metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<User>>> {
@@ -294,16 +303,19 @@ impl Hub {
     /// its lines were encoded; they then go out under its new name, so no
     /// line ever shows a registered name its owner did not send.
     pub fn say(&self, sender: &User, as_name: &str, lines: Bytes, congested: &mut Vec<Arc<User>>) {
-        let users = self.lock();
-        let lines = if self.accounts().is_some() {
-            let now = sender.name();
-            if now == as_name {
-                lines
-            } else {
-                rename_public_lines(&lines, as_name, &now)
+        if self.accounts().is_none() {
+            // No logins, so no takeovers: the name is always right.
+            if let Some(c) = &self.cluster {
+                c.publish_public(&lines);
             }
-        } else {
+            return fan_out(self.lock().values(), &lines, Some(congested));
+        }
+        let users = self.lock();
+        let now = sender.name();
+        let lines = if now == as_name {
             lines
+        } else {
+            rename_public_lines(&lines, as_name, &now)
         };
         if let Some(c) = &self.cluster {
             c.publish_public(&lines);
@@ -550,6 +562,28 @@ impl LocalNode for Hub {
     }
 }
 
+/// What a metrics scrape reads from the hub.
+impl Source for Hub {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn users_online(&self) -> usize {
+        self.len()
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.budget.used()
+    }
+
+    fn cluster(&self) -> Option<ClusterStatus> {
+        self.cluster.as_ref().map(|c| ClusterStatus {
+            up: c.is_healthy(),
+            published: c.published(),
+        })
+    }
+}
+
 /// `lines` (public lines `<FROM> TEXT`, each with its `\n`) with FROM
 /// replaced by `to`: for lines encoded just before a login took the
 /// sender's name away. Lines not from `from` are kept as they are.
@@ -579,13 +613,16 @@ fn private_line(from: &str, text: &str) -> Bytes {
 
 /// The fan-out: pushes `line` (shared, not copied) to each of `users`, and
 /// adds to `congested`, if given, those whose queues are now congested.
+/// Its protocol lines are counted once here, for every recipient's writer
+/// to count them as written (the metrics' deliveries).
 fn fan_out<'a>(
     users: impl Iterator<Item = &'a Arc<User>>,
     line: &Bytes,
     mut congested: Option<&mut Vec<Arc<User>>>,
 ) {
+    let n = count_lines(line);
     for u in users {
-        u.outbox.push(line.clone());
+        u.outbox.push_lines(line.clone(), n);
         if let Some(c) = congested.as_deref_mut() {
             if u.outbox.congested() {
                 c.push(u.clone());

@@ -42,6 +42,31 @@ pub async fn run_in_cluster(
     cluster: Option<Arc<Cluster>>,
     shutdown: impl Future,
 ) {
+    let options = Options {
+        cluster,
+        ..Options::default()
+    };
+    run_with(listener, config, options, shutdown).await
+}
+
+/// What a node runs besides its chat listener; each is optional.
+#[derive(Default)]
+pub struct Options {
+    /// The link to the other nodes of a cluster (from [`Cluster::connect`]).
+    pub cluster: Option<Arc<Cluster>>,
+    /// A bound listener for `GET /metrics` (`imd --metrics`), served until
+    /// shutdown begins.
+    pub metrics: Option<TcpListener>,
+}
+
+/// [`run`] with everything [`Options`] adds.
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    options: Options,
+    shutdown: impl Future,
+) {
+    let Options { cluster, metrics } = options;
     let grace = config.shutdown_grace;
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let max_connections = config.max_connections;
@@ -50,6 +75,13 @@ pub async fn run_in_cluster(
     hub.start();
     let stop = CancellationToken::new();
     tokio::spawn(give_back_memory(hub.clone(), stop.clone()));
+    if let Some(metrics) = metrics {
+        tokio::spawn(super::metrics::http::serve(
+            metrics,
+            hub.clone(),
+            stop.clone(),
+        ));
+    }
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF.0;
     let mut refused = Refusals::default();
@@ -79,6 +111,7 @@ pub async fn run_in_cluster(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             let why = format!("server is full ({max_connections} connections); try again later");
             refused.note(addr, ErrorCode::ServerFull, &why);
+            hub.metrics().error_sent(ErrorCode::ServerFull);
             refuse(stream, ErrorCode::ServerFull, why);
             continue;
         };
@@ -87,6 +120,7 @@ pub async fn run_in_cluster(
             Err(why) => {
                 let why = why.to_string();
                 refused.note(addr, ErrorCode::TooManyConnections, &why);
+                hub.metrics().error_sent(ErrorCode::TooManyConnections);
                 refuse(stream, ErrorCode::TooManyConnections, why);
                 continue;
             }

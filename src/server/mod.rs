@@ -18,9 +18,11 @@
 //! - [`outbox`]: the per-user queue, bounded in bytes, and its writer.
 //! - [`cluster`]: several nodes as one chat over Redis (`imd --redis`),
 //!   plugged in behind the hub.
+//! - [`metrics`]: what the server counts, and `GET /metrics` for
+//!   Prometheus (`imd --metrics`).
 //!
 //! Modules depend downwards only: listener → connection → hub → cluster,
-//! outbox; none of them imports from the client side.
+//! metrics, outbox; none of them imports from the client side.
 
 pub mod accounts;
 pub mod admission;
@@ -29,8 +31,9 @@ pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod outbox;
 pub mod throttle;
 
 pub use config::Config;
-pub use listener::{run, run_in_cluster};
+pub use listener::{run, run_in_cluster, run_with, Options};

@@ -172,6 +172,11 @@ struct Lines {
     /// The [`Drain`] is gone: nothing will be written any more, and nothing
     /// more may be queued (its charges were returned).
     gone: bool,
+    /// Protocol lines in `queue` (an entry may hold many: a batch of public
+    /// lines, a `who` reply). Counted here, under the lock a push takes
+    /// anyway, so that the writer can count lines written without looking
+    /// at their bytes (see [`Tally`]).
+    count: u64,
 }
 
 /// What the sending side and the writer task share.
@@ -205,6 +210,57 @@ struct State {
     /// 1 + milliseconds after `born` when the pending write first found the
     /// socket full; 0 while no write is waiting for the socket.
     blocked_since_ms: AtomicU64,
+    /// Lines and bytes written to the socket, for the metrics (see [`Tally`]).
+    written: Written,
+}
+
+/// What a writer has written. Only the writer task adds to it, once per
+/// write (bytes) and once per batch taken from the queue (lines), with a
+/// plain load and store: no locked instruction, and nothing shared with
+/// other connections, so counting costs the fan-out nothing measurable.
+#[derive(Debug, Default)]
+struct Written {
+    lines: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Adds `n` to a counter that only one task writes: a plain load and store
+/// (a `fetch_add` would be a locked instruction for nothing).
+pub fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+/// A read-only view of one queue's counters for the metrics, which may
+/// outlive both the [`Outbox`] and the [`Drain`] (the connection reads it
+/// once more as it ends, after its writer has finished).
+#[derive(Debug, Clone)]
+pub struct Tally {
+    state: Arc<State>,
+}
+
+impl Tally {
+    /// Protocol lines written to the socket: counted once the writer has
+    /// written the whole batch it took from the queue, so lines of a batch
+    /// cut off halfway are not counted.
+    pub fn lines_written(&self) -> u64 {
+        self.state.written.lines.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to the socket.
+    pub fn bytes_written(&self) -> u64 {
+        self.state.written.bytes.load(Ordering::Relaxed)
+    }
+
+    /// True if the queue was cut because its reader was too slow.
+    pub fn cut_too_slow(&self) -> bool {
+        self.state.closed.load(Ordering::Acquire)
+            && self.state.reason.load(Ordering::Acquire) == LeaveReason::TooSlow as u8
+    }
+}
+
+/// Protocol lines in `bytes` (each ends with `\n`).
+pub fn count_lines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
 }
 
 /// The receiving side, owned by the connection's writer task.
@@ -230,6 +286,7 @@ pub fn outbox(limit: usize, stall: Duration, budget: Arc<Budget>) -> (Outbox, Dr
         progress: Notify::new(),
         born: Instant::now(),
         blocked_since_ms: AtomicU64::new(0),
+        written: Written::default(),
     });
     (
         Outbox {
@@ -256,6 +313,7 @@ impl Drop for Drain {
             let mut lines = st.lock();
             lines.gone = true;
             lines.queue = VecDeque::new();
+            lines.count = 0;
             let left = st.queued.swap(0, Ordering::AcqRel);
             st.budget.used.fetch_sub(left, Ordering::AcqRel);
         }
@@ -308,6 +366,13 @@ impl Outbox {
     /// While the server's [`Budget`] is exceeded, a frozen reader is cut at
     /// its next line, whatever its own queue holds.
     pub fn push(&self, line: Bytes) -> bool {
+        let n = count_lines(&line);
+        self.push_lines(line, n)
+    }
+
+    /// [`Outbox::push`] for `line` holding `n` protocol lines: the fan-out
+    /// counts a broadcast's lines once for all its recipients.
+    pub fn push_lines(&self, line: Bytes, n: u64) -> bool {
         let st = &self.state;
         if st.closed.load(Ordering::Acquire) {
             return false;
@@ -335,6 +400,7 @@ impl Outbox {
             return false;
         }
         lines.queue.push_back(line);
+        lines.count += n;
         let was_empty = lines.queue.len() == 1;
         drop(lines);
         if was_empty {
@@ -353,6 +419,13 @@ impl Outbox {
         match self.state.reason.load(Ordering::Acquire) {
             r if r == LeaveReason::TooSlow as u8 => LeaveReason::TooSlow,
             _ => LeaveReason::Error,
+        }
+    }
+
+    /// This queue's counters, for the metrics.
+    pub fn tally(&self) -> Tally {
+        Tally {
+            state: self.state.clone(),
         }
     }
 
@@ -429,10 +502,10 @@ impl Drain {
         // What the lines in `buf` were charged.
         let mut charged = 0;
         loop {
-            let finished = {
+            let (finished, batch_lines) = {
                 let mut lines = st.lock();
                 std::mem::swap(&mut lines.queue, &mut batch);
-                lines.finished
+                (lines.finished, std::mem::take(&mut lines.count))
             };
             if batch.is_empty() {
                 if finished {
@@ -472,10 +545,12 @@ impl Drain {
                 }
                 st.queued.fetch_sub(charged, Ordering::AcqRel);
                 st.budget.used.fetch_sub(charged, Ordering::AcqRel);
+                bump(&st.written.bytes, buf.len() as u64);
                 charged = 0;
                 st.progress.notify_waiters();
                 buf.clear();
             }
+            bump(&st.written.lines, batch_lines);
         }
         // The outbox is gone: the connection is ending normally.
         let _ = w.shutdown().await;

@@ -178,7 +178,7 @@ impl TestServer {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> (TestServer, std::sync::mpsc::Receiver<String>) {
-        let (server, stderr) = TestServer::spawn_binary(args, env, Stdio::piped());
+        let (server, _out, stderr) = TestServer::spawn_binary(args, env, Stdio::piped());
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = stderr.expect("stderr is piped");
         std::thread::spawn(move || {
@@ -192,11 +192,28 @@ impl TestServer {
         (server, rx)
     }
 
+    /// The real `imd` binary serving metrics on a free port of 127.0.0.1
+    /// (`--metrics 127.0.0.1:0`), and the metrics address, read from its
+    /// second stdout line.
+    pub fn start_binary_with_metrics(args: &[&str]) -> (TestServer, SocketAddr) {
+        let mut all = vec!["--metrics", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let (server, mut out, _) = TestServer::spawn_binary(&all, &[], Stdio::inherit());
+        let metrics = read_address(&mut out, "imd metrics on ");
+        (server, metrics)
+    }
+
+    /// Starts the binary and reads its first stdout line; returns the rest
+    /// of its stdout, and its stderr if `stderr` is piped.
     fn spawn_binary(
         args: &[&str],
         env: &[(&str, &str)],
         stderr: Stdio,
-    ) -> (TestServer, Option<std::process::ChildStderr>) {
+    ) -> (
+        TestServer,
+        BufReader<std::process::ChildStdout>,
+        Option<std::process::ChildStderr>,
+    ) {
         let mut child = imd_command()
             .args(["--ip", "127.0.0.1", "--port", "0"])
             .args(args)
@@ -207,21 +224,14 @@ impl TestServer {
             .expect("imd starts");
         let log = child.stderr.take();
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        let addr = first
-            .trim()
-            .strip_prefix("imd listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .parse()
-            .unwrap();
+        let addr = read_address(&mut out, "imd listening on ");
         let server = TestServer {
             addr,
             running: Running::Binary(child),
             home: tempfile::tempdir().unwrap(),
             transcript: Transcript::new(),
         };
-        (server, log)
+        (server, out, log)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -349,6 +359,17 @@ impl Drop for TestServer {
     }
 }
 
+/// Reads imd's next stdout line, which must be `PREFIX ADDRESS`.
+fn read_address(out: &mut impl BufRead, prefix: &str) -> SocketAddr {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected {prefix:?}, imd said {line:?}"))
+        .parse()
+        .unwrap()
+}
+
 /// A plain TCP client speaking the protocol line by line (blocking).
 pub struct LineClient {
     pub label: String,
@@ -357,6 +378,10 @@ pub struct LineClient {
     transcript: Transcript,
     /// Our name as the server told us in the welcome line.
     pub name: String,
+    /// Whole lines read from the server so far, and their bytes (with
+    /// their `\n`): what the server's metrics should count as delivered.
+    pub lines_read: u64,
+    pub bytes_read: u64,
 }
 
 impl LineClient {
@@ -376,6 +401,8 @@ impl LineClient {
             reader,
             transcript,
             name: String::new(),
+            lines_read: 0,
+            bytes_read: 0,
         };
         let welcome = c.expect(r"^\*\*\* welcome, you are (\S+) ");
         c.name = welcome
@@ -418,7 +445,9 @@ impl LineClient {
                 self.transcript.record(&self.label, "<-", "(closed)");
                 panic!("{}: connection closed while waiting", self.label)
             }
-            Ok(_) => {
+            Ok(n) => {
+                self.lines_read += 1;
+                self.bytes_read += n as u64;
                 let line = String::from_utf8_lossy(&buf)
                     .trim_end_matches('\n')
                     .to_string();
