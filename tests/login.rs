@@ -403,3 +403,25 @@ fn cluster_login_claims_the_name_and_respects_other_nodes() {
     watch.send("rename|alice");
     watch.expect("^error name-taken: ");
 }
+
+/// `imd_failed_logins_total` counts failed logins (and `imd_errors_total`
+/// their `auth-failed` replies); a successful login is not counted.
+#[test]
+fn failed_logins_are_counted_in_the_metrics() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, metrics) =
+        TestServer::start_binary_with_metrics(&["--accounts", path.to_str().unwrap()]);
+    let mut a = LineClient::connect(srv.addr(), "a", Transcript::new());
+    a.send("login|alice|wrong");
+    a.expect_next("^error auth-failed: ");
+    a.send(&format!("login|alice|{ALICE_PW}"));
+    a.expect_next("^ok login: ");
+    let got = crate::metrics::scrape_until(
+        metrics,
+        &[
+            ("imd_failed_logins_total", 1),
+            ("imd_errors_total{code=\"auth-failed\"}", 1),
+        ],
+    );
+    assert_eq!(got.get("imd_failed_logins_total"), Some(&1));
+}

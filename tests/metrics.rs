@@ -76,7 +76,7 @@ fn labelled(name: &str, label: &str, all: &[&str], counts: &[(&str, u64)]) -> Ve
 }
 
 const REASONS: [&str; 6] = ["quit", "idle", "too_slow", "flood", "error", "shutdown"];
-const CODES: [&str; 8] = [
+const CODES: [&str; 10] = [
     "name-taken",
     "bad-name",
     "no-such-user",
@@ -85,6 +85,8 @@ const CODES: [&str; 8] = [
     "too-long",
     "server-full",
     "too-many-connections",
+    "name-registered",
+    "auth-failed",
 ];
 
 /// Three users, five public lines, a whisper, two refused commands, an
@@ -144,6 +146,7 @@ fn a_known_conversation_scrapes_exactly() {
         ("imd_bytes_sent_total".into(), bytes),
         ("imd_slow_consumers_cut_total".into(), 0),
         ("imd_queued_bytes".into(), 0),
+        ("imd_failed_logins_total".into(), 0),
     ];
     want.extend(labelled(
         "imd_disconnects_total",

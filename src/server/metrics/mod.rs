@@ -250,6 +250,10 @@ pub trait Source: Send + Sync + 'static {
     fn queued_bytes(&self) -> usize;
     /// The cluster link, if this node is one of several.
     fn cluster(&self) -> Option<ClusterStatus>;
+    /// Failed logins since the start (`imd --accounts`; 0 without it).
+    fn failed_logins(&self) -> u64 {
+        0
+    }
 }
 
 /// A registry whose only collector reads `source` at each scrape.
@@ -323,6 +327,12 @@ impl Collector for Scrape {
             "Error lines sent to clients, by code.",
             "code",
             m.errors(),
+        )?;
+        counter(
+            e,
+            "imd_failed_logins",
+            "Logins refused (wrong password, unknown name, or too many failures from the address).",
+            src.failed_logins(),
         )?;
         gauge(e, "imd_queued_bytes", "Output queued for all users, in bytes, each line charged 32 bytes more than its length.", src.queued_bytes() as u64)?;
         if let Some(c) = src.cluster() {
