@@ -576,6 +576,10 @@ impl Source for Hub {
         self.budget.used()
     }
 
+    fn failed_logins(&self) -> u64 {
+        Hub::failed_logins(self)
+    }
+
     fn cluster(&self) -> Option<ClusterStatus> {
         self.cluster.as_ref().map(|c| ClusterStatus {
             up: c.is_healthy(),
