@@ -13,4 +13,5 @@ mod server;
 mod service;
 mod support;
 mod timeouts;
+mod tls;
 mod tty;

@@ -46,6 +46,7 @@ pub async fn run_in_cluster(
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let max_connections = config.max_connections;
     let admission = Admission::new(config.per_ip);
+    let tls = config.tls.clone();
     let hub = Hub::new(config, cluster);
     hub.start();
     let stop = CancellationToken::new();
@@ -93,11 +94,18 @@ pub async fn run_in_cluster(
         };
         let hub = hub.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            let (r, w) = stream.into_split();
             // The slot and the address's place are held while the user is
-            // online.
-            serve_in_slot(r, w, addr, hub, stop, (permit, ticket)).await;
+            // online (and, with TLS, during the handshake).
+            let slot = (permit, ticket);
+            match tls {
+                None => {
+                    let (r, w) = stream.into_split();
+                    serve_in_slot(r, w, addr, hub, stop, slot).await;
+                }
+                Some(tls) => super::tls::serve(tls, stream, addr, hub, stop, slot).await,
+            }
         });
     }
     tracing::info!("shutting down: telling {} users", hub.len());

@@ -29,6 +29,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::client::api::Unsendable;
+use crate::client::tls::TlsConnector;
 use crate::client::{Client, ClientError};
 
 /// The exit-status table, shown by `imc --help` and kept in step with
@@ -77,6 +78,19 @@ pub struct Args {
     /// `send -` and `whisper -`: for each line). Fractions are allowed.
     #[arg(long, env = "IMC_TIMEOUT", default_value = "10", value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Duration,
+    /// Connect with TLS (to an imd started with --tls-cert), checking the
+    /// server's certificate against the system's roots (or --ca) and the
+    /// address in --ip. A certificate that fails the check is a connect
+    /// error (exit 3) saying why; there is no way to skip the check.
+    #[arg(long, env = "IMC_TLS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub tls: bool,
+    /// With --tls: trust the CA certificates in this PEM file instead of the
+    /// system's roots (for a private or self-signed certificate).
+    #[arg(long, env = "IMC_CA", value_name = "FILE", requires = "tls")]
+    pub ca: Option<std::path::PathBuf>,
+    /// What --tls and --ca trust, loaded once by [`execute`].
+    #[arg(skip)]
+    pub tls_connector: Option<TlsConnector>,
     #[command(subcommand)]
     pub command: Option<Cmd>,
 }
@@ -275,7 +289,12 @@ impl CliError {
 
 /// Runs the command `args` asks for. The binary prints the error (unless
 /// [`CliError::is_quiet`]) and exits with [`CliError::exit_code`].
-pub async fn execute(args: Args) -> Result<(), CliError> {
+pub async fn execute(mut args: Args) -> Result<(), CliError> {
+    // A CA file that cannot be used is a usage error, found before
+    // connecting, whatever the command.
+    if args.tls && args.tls_connector.is_none() {
+        args.tls_connector = Some(TlsConnector::new(args.ca.as_deref()).map_err(CliError::Usage)?);
+    }
     match args.command.clone().unwrap_or(Cmd::Repl) {
         Cmd::Send { message } => oneshot::send(&args, None, &message).await,
         Cmd::Whisper { to, message } => oneshot::send(&args, Some(&to), &message).await,
@@ -394,17 +413,32 @@ async fn bench_fanout(
     Ok(())
 }
 
-/// Connects and claims `--name`, within `--timeout` in all.
+/// Connects (with TLS for `--tls`) and claims `--name`, within
+/// `--timeout` in all.
 pub async fn connect(args: &Args) -> Result<Client, ClientError> {
     let addr = SocketAddr::new(args.ip, args.port).to_string();
     let start = async {
-        let mut client = Client::connect(&addr, args.timeout).await?;
+        let tls = tls_connector(args).map_err(|e| ClientError::Connect {
+            addr: addr.clone(),
+            source: io::Error::other(e),
+        })?;
+        let mut client = Client::connect_with(&addr, args.timeout, tls.as_ref()).await?;
         if let Some(name) = &args.name {
             client.rename(name).await?;
         }
         Ok(client)
     };
     within(args.timeout, start).await
+}
+
+/// What `--tls` and `--ca` ask to trust: `None` for plaintext. Loaded
+/// here if [`execute`] has not (for callers that build [`Args`] by hand).
+pub fn tls_connector(args: &Args) -> Result<Option<TlsConnector>, String> {
+    match (&args.tls_connector, args.tls) {
+        (Some(c), _) => Ok(Some(c.clone())),
+        (None, true) => TlsConnector::new(args.ca.as_deref()).map(Some),
+        (None, false) => Ok(None),
+    }
 }
 
 /// Runs `fut`, turning running out of time into [`ClientError::Timeout`].
