@@ -404,3 +404,151 @@ async fn tls_client_to_a_plaintext_port_says_so() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The scenario files that need imd's own flags, and `server shuts down`,
+/// pass over TLS too: imd started with the file's flags and a
+/// certificate, the runner connecting with `Target::tls`. `too_slow`
+/// checks that a TLS reader that stops reading is cut like a plaintext
+/// one (the TLS writer's socket questions); `shutdown` that the goodbye
+/// line is flushed through TLS before the close.
+#[test]
+fn flagged_scenarios_pass_over_tls() {
+    use imchat::client::scenario::{self, Scenario, Target};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for stem in [
+        "too_slow",
+        "framing_flood",
+        "framing_too_long",
+        "presence_limit",
+        "shutdown",
+    ] {
+        let path = dir.join(format!("{stem}.chat"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let s = Scenario::parse(stem, &text).unwrap();
+        let certs = Certs::new(&["127.0.0.1"]);
+        let mut args: Vec<&str> = s.imd_args.iter().map(String::as_str).collect();
+        let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+        args.extend(["--tls-cert", cert, "--tls-key", key]);
+        let mut srv = TestServer::start_binary(&args);
+        let target = Target {
+            addr: srv.addr().to_string(),
+            stop: Some(Box::new(move || {
+                let status = srv.terminate();
+                status
+                    .success()
+                    .then_some(())
+                    .ok_or_else(|| format!("imd exited with {status}"))
+            })),
+            started_with_flags: true,
+            tls: Some(certs.connector()),
+        };
+        let outcome = rt.block_on(scenario::run_on(&s, target, Duration::from_secs(5)));
+        assert!(
+            outcome.passed(),
+            "{stem}: {:?} {:?}\n{}",
+            outcome.failure,
+            outcome.skipped,
+            outcome.transcript
+        );
+    }
+}
+
+/// `imc --tls --ca CA scenario FILE...` runs the scenario files that need
+/// no flags of imd's against a TLS server, and they pass.
+#[test]
+fn imc_scenario_over_tls() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let files = [
+        "v07_whisper.chat",
+        "commands_are_exact.chat",
+        "framing_line_endings.chat",
+    ];
+    let out = server
+        .imc()
+        .args(certs.imc_args())
+        .arg("scenario")
+        .args(files.iter().map(|f| dir.join(f)))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("PASS ").count(), files.len(), "{stdout}");
+}
+
+/// A refused connection on a TLS port (server full) gets no plaintext
+/// line, which a TLS client would read as a broken handshake: it is
+/// closed, and imc says the server closed it during the handshake.
+#[test]
+fn a_refusal_on_a_tls_port_is_a_close() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = TestServer::with_config(Config {
+        tls: Some(certs.tls()),
+        max_connections: 1,
+        ..test_config()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _bob = rt.block_on(tls_client(&server, &certs, "bob"));
+    let mut plain = std::net::TcpStream::connect(server.addr()).unwrap();
+    plain.set_read_timeout(Some(EXPECT_TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    let out = server
+        .imc()
+        .args(certs.imc_args())
+        .args(["who"])
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("closed the connection during the handshake"),
+        "{err}"
+    );
+}
+
+/// `imc --tls --ca CA bench` (closed loop) over TLS: every message reaches
+/// every client, and idle TLS connections see the final broadcast. (A
+/// TLS reader that stops reading is cut: `too_slow` in
+/// [`flagged_scenarios_pass_over_tls`].)
+#[test]
+fn imc_bench_over_tls_delivers_everything() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let out = server
+        .imc()
+        .args(certs.imc_args())
+        .args([
+            "bench",
+            "--clients",
+            "4",
+            "--senders",
+            "2",
+            "--messages",
+            "300",
+        ])
+        .args([
+            "--size",
+            "2000",
+            "--window",
+            "16",
+            "--connections",
+            "3",
+            "--json",
+        ])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["deliveries"], 2 * 300 * 4, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["connections_reached"], 3, "{report}");
+    assert_eq!(report["stalled"], false, "{report}");
+}

@@ -30,6 +30,10 @@ pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
 /// are buffered: flush after each request.
 pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// A whole connection, TLS or plaintext, for clients that do not split it.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
 /// What a TLS client trusts; cheap to clone (the configuration is shared).
 #[derive(Clone)]
 pub struct TlsConnector {
@@ -119,6 +123,18 @@ pub async fn halves(
     }
 }
 
+/// `stream` whole: itself for plaintext, or after a TLS handshake.
+pub async fn whole(
+    stream: TcpStream,
+    tls: Option<&TlsConnector>,
+    addr: &str,
+) -> io::Result<Box<dyn Stream>> {
+    Ok(match tls {
+        None => Box::new(stream),
+        Some(tls) => Box::new(tls.handshake(stream, addr).await?),
+    })
+}
+
 /// The name the certificate must be valid for: the host part of `addr`.
 fn server_name(addr: &str) -> io::Result<ServerName<'static>> {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _port)| host);
@@ -136,8 +152,10 @@ fn server_name(addr: &str) -> io::Result<ServerName<'static>> {
 fn explain(e: &io::Error) -> String {
     let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
         return match e.kind() {
-            io::ErrorKind::UnexpectedEof => {
-                "TLS: the server closed the connection during the handshake".into()
+            // A TLS server refusing a connection (full, or too many from
+            // this address) closes it without a word.
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+                "TLS: the server closed the connection during the handshake (it may be full or limiting this address; see its log)".into()
             }
             _ => format!("TLS handshake failed: {e}"),
         };

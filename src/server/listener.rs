@@ -2,6 +2,9 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future, like mini-redis's
 //! `server::run`, so the binary and the tests start servers the same way.
+//! With TLS ([`Config::tls`]), the handshake too runs in the connection's
+//! task ([`super::tls::serve`]), never here, so a client that stalls it
+//! holds up nobody else's accept.
 //! Per-connection errors stay inside the connection's task; accept errors
 //! (e.g. out of file descriptors) are logged and backed off, never fatal and
 //! never a busy loop.
@@ -80,7 +83,7 @@ pub async fn run_in_cluster(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             let why = format!("server is full ({max_connections} connections); try again later");
             refused.note(addr, ErrorCode::ServerFull, &why);
-            refuse(stream, ErrorCode::ServerFull, why);
+            refuse(stream, ErrorCode::ServerFull, why, tls.is_some());
             continue;
         };
         let ticket = match admission.admit(addr.ip()) {
@@ -88,7 +91,7 @@ pub async fn run_in_cluster(
             Err(why) => {
                 let why = why.to_string();
                 refused.note(addr, ErrorCode::TooManyConnections, &why);
-                refuse(stream, ErrorCode::TooManyConnections, why);
+                refuse(stream, ErrorCode::TooManyConnections, why, tls.is_some());
                 continue;
             }
         };
@@ -171,7 +174,15 @@ fn trim() {}
 /// leaves the refused client hanging with no answer). Lines the client sent
 /// first are discarded; on Linux the client can still read the error line
 /// before the reset.
-fn refuse(stream: TcpStream, code: ErrorCode, why: String) {
+///
+/// On a TLS port (`tls`) the connection is closed without a word: the line
+/// would be plaintext that a TLS client reads as a broken handshake, and
+/// a TLS handshake per refused connection is the cost a flood must not
+/// impose. The refusal is still logged.
+fn refuse(stream: TcpStream, code: ErrorCode, why: String, tls: bool) {
+    if tls {
+        return;
+    }
     let line = ServerLine::error(code, why);
     if let Ok(mut stream) = stream.into_std() {
         // Non-blocking: if the buffer were somehow full, the line is dropped.

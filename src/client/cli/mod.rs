@@ -319,8 +319,9 @@ async fn scenarios(
     files: &[std::path::PathBuf],
     expect_timeout: Duration,
 ) -> Result<(), CliError> {
-    use crate::client::scenario::{self, Scenario};
+    use crate::client::scenario::{self, Scenario, Target};
     let addr = SocketAddr::new(args.ip, args.port).to_string();
+    let tls = tls_connector(args).map_err(CliError::Usage)?;
     let mut parsed = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f)
@@ -331,7 +332,11 @@ async fn scenarios(
     }
     let mut failed = 0;
     for s in &parsed {
-        let outcome = scenario::run(s, &addr, expect_timeout).await;
+        let target = Target {
+            tls: tls.clone(),
+            ..Target::address(&addr)
+        };
+        let outcome = scenario::run_on(s, target, expect_timeout).await;
         match (&outcome.failure, &outcome.skipped) {
             (None, None) => println!("PASS {}", s.name),
             (None, Some(why)) => println!("SKIP {}: {why}", s.name),
@@ -355,10 +360,20 @@ async fn scenarios(
 /// hit its time limit before everything arrived.
 async fn bench(args: &Args, cmd: &BenchCmd) -> Result<(), CliError> {
     let addr = SocketAddr::new(args.ip, args.port).to_string();
+    let tls = tls_connector(args).map_err(CliError::Usage)?;
     if let Some(fan) = cmd.fanout() {
+        if tls.is_some() {
+            return Err(CliError::Usage(
+                "the fan-out bench (--subscribers) has no TLS yet; the closed-loop bench (without --subscribers) has"
+                    .into(),
+            ));
+        }
         return bench_fanout(&addr, &fan).await;
     }
-    let opts = &cmd.closed;
+    let opts = &crate::client::bench::BenchArgs {
+        tls,
+        ..cmd.closed.clone()
+    };
     let report = crate::client::bench::closed_loop(&addr, opts)
         .await
         .map_err(|source| ClientError::Connect {
