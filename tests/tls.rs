@@ -552,3 +552,109 @@ fn imc_bench_over_tls_delivers_everything() {
     assert_eq!(report["connections_reached"], 3, "{report}");
     assert_eq!(report["stalled"], false, "{report}");
 }
+
+/// A redis-server that speaks TLS only, on `port`, with `certs`' server
+/// certificate. Killed on drop.
+struct TlsRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    /// Starts one, or `None` (saying why) where redis-server lacks TLS.
+    /// Ready once its log says so; a port taken meanwhile is tried again.
+    fn start(certs: &Certs) -> Option<TlsRedis> {
+        for _ in 0..10 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(&certs.cert)
+                .arg("--tls-key-file")
+                .arg(&certs.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&certs.ca)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (Debian: apt-get install redis-server)");
+            let mut log = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut said = String::new();
+            let ready = log.by_ref().map_while(Result::ok).any(|line| {
+                said.push_str(&line);
+                said.push('\n');
+                line.contains("Ready to accept connections")
+            });
+            if ready {
+                // Keep reading its log, so that it never blocks on it.
+                std::thread::spawn(move || log.for_each(drop));
+                return Some(TlsRedis { port, child });
+            }
+            let _ = child.wait();
+            if said.contains("in use") {
+                continue;
+            }
+            // A redis-server built without TLS rejects the directive.
+            if said.contains("tls-port") {
+                eprintln!("SKIP: this redis-server has no TLS:\n{said}");
+                return None;
+            }
+            panic!("redis-server did not start:\n{said}");
+        }
+        panic!("redis-server with TLS found no free port");
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two nodes linked through Redis over TLS (`--redis rediss://...`, the
+/// CA given to rustls-native-certs by SSL_CERT_FILE): a line said on one
+/// reaches a user on the other. Trusting another CA, the link's
+/// certificate check fails and imd exits 1 saying it cannot reach Redis.
+#[tokio::test]
+async fn cluster_links_over_rediss() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let Some(redis) = TlsRedis::start(&certs) else {
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let ca = certs.ca.to_str().unwrap();
+    let node = || TestServer::start_binary_env(&["--redis", &url], &[("SSL_CERT_FILE", ca)]);
+    let (one, two) = (node(), node());
+    let mut alice = one.client("alice");
+    let mut bob = two.client("bob");
+    alice.expect(r"^\*\*\* \S+ is now known as bob$");
+    alice.send("across over tls");
+    bob.expect("^<alice> across over tls$");
+
+    let stranger = Certs::new(&["127.0.0.1"]);
+    let out = imd_command()
+        .args(["--ip", "127.0.0.1", "--port", "0", "--redis", &url])
+        .env("SSL_CERT_FILE", &stranger.ca)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach redis at rediss://"), "{err}");
+    assert!(out.stdout.is_empty());
+}
