@@ -41,7 +41,8 @@ Exit status (the same for every command):
      sent because the server would read it as a command; for `scenario`:
      a scenario failed
   2  usage error: bad arguments or unusable input
-  3  cannot connect, or the connection was lost
+  3  cannot connect (a server certificate --tls refuses included), or
+     the connection was lost
   4  timed out";
 
 /// Exit status for success.
