@@ -379,9 +379,13 @@ async fn openssl_s_client_can_chat() {
     expect(&mut bob, "^<ossl> hi from openssl$").await;
     bob.say("hi back").await.unwrap();
     next("<bob> hi back");
-    drop(stdin);
+    // Killed, it closes its socket without TLS's close_notify: that is
+    // leaving, as on a plaintext port, not a connection error.
     let _ = s_client.kill();
     let _ = s_client.wait();
+    drop(stdin);
+    let gone = expect(&mut bob, r"^\*\*\* ossl is offline").await;
+    assert_eq!(gone, "*** ossl is offline (quit)");
 }
 
 /// A plaintext connection to a TLS port is not a crash or a hang for the
