@@ -299,10 +299,11 @@ async fn imd_tls_flags_and_their_errors() {
     expect(&mut bob, "^<alice> from the binary$").await;
 
     let usage = |args: &[&str], says: &str| {
-        let out = imd_command()
+        // Bounded: an imd that took these flags would listen for ever.
+        let out = assert_cmd::Command::from_std(imd_command())
             .args(["--ip", "127.0.0.1", "--port", "0"])
             .args(args)
-            .stdin(Stdio::null())
+            .timeout(Duration::from_secs(30))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
