@@ -174,6 +174,7 @@ async fn main() -> ExitCode {
             }
         }
     };
+    let shutdown = shutdown_signal();
     // The first stdout line, so scripts and tests can learn the port.
     let mut stdout = tokio::io::stdout();
     let _ = stdout
@@ -181,7 +182,7 @@ async fn main() -> ExitCode {
         .await;
     let _ = stdout.flush().await;
     tracing::info!(%addr, tls = config.tls.is_some(), "listening");
-    server::run_in_cluster(listener, config, cluster, shutdown_signal()).await;
+    server::run_in_cluster(listener, config, cluster, shutdown).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
@@ -230,25 +231,35 @@ fn logging(format: LogFormat) {
         .init();
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed by this
+/// call, not when the future is first polled: a SIGTERM that arrives just
+/// after the `listening` line (before the accept loop first waits) must
+/// still be the graceful stop, not the default action that kills imd.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                _ = wait(term) => {}
+                _ = wait(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
