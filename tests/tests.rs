@@ -14,4 +14,5 @@ mod server;
 mod service;
 mod support;
 mod timeouts;
+mod tls;
 mod tty;
