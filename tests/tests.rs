@@ -15,4 +15,5 @@ mod server;
 mod service;
 mod support;
 mod timeouts;
+mod tls;
 mod tty;

@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use clap::Parser;
 use imchat::server::accounts::{self, Accounts};
 use imchat::server::admission::Limits;
 use imchat::server::cluster::{Cluster, ClusterConfig};
+use imchat::server::tls::Tls;
 use imchat::server::{self, Config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -72,7 +74,18 @@ struct Args {
     /// queue is full.
     #[arg(long, env = "IMD_STALL_MS", default_value_t = 1000)]
     stall_ms: u64,
-    /// Join a cluster of imd nodes through this Redis (redis://HOST:PORT).
+    /// Speak TLS (1.2 and 1.3) with this certificate: a PEM file, the
+    /// server's certificate first, then any intermediates. Needs --tls-key.
+    /// Plaintext clients then get nothing; each client has 10 seconds to
+    /// finish its handshake.
+    #[arg(long, env = "IMD_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert: a PEM file (PKCS#8, RSA or EC).
+    /// Needs --tls-cert.
+    #[arg(long, env = "IMD_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Join a cluster of imd nodes through this Redis (redis://HOST:PORT,
+    /// or rediss://HOST:PORT for TLS, verified against the system's roots).
     /// Without it, imd is a single node and never touches Redis.
     #[arg(long, env = "IMD_REDIS")]
     redis: Option<String>,
@@ -115,8 +128,9 @@ Exit status:
      (hash-password: the hash was printed)
   1  cannot listen on --ip/--port or --metrics, cannot reach --redis, or
      the --accounts file is missing or invalid, at start
-  2  usage error: a bad flag or environment variable (hash-password: no
-     password on stdin)";
+  2  usage error: a bad flag or environment variable (an unreadable or
+     unusable --tls-cert or --tls-key included; hash-password: no password
+     on stdin)";
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
@@ -145,6 +159,17 @@ async fn main() -> ExitCode {
         },
     };
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match Tls::from_pem_files(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("imd: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        // clap requires both or neither.
+        _ => None,
+    };
     let config = Config {
         max_line: args.max_line as usize,
         queue_bytes: args.queue_bytes as usize,
@@ -158,6 +183,7 @@ async fn main() -> ExitCode {
         presence_limit: args.presence_limit as usize,
         stall_timeout: Duration::from_millis(args.stall_ms),
         accounts: accounts.clone(),
+        tls,
         ..Config::default()
     };
     let listener = match TcpListener::bind((args.ip, args.port)).await {
@@ -216,7 +242,7 @@ async fn main() -> ExitCode {
     let mut stdout = tokio::io::stdout();
     let _ = stdout.write_all(said.as_bytes()).await;
     let _ = stdout.flush().await;
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, tls = config.tls.is_some(), "listening");
     if let Some((at, _)) = &metrics {
         tracing::info!(addr = %at, "serving metrics at http://{at}/metrics");
     }
@@ -318,25 +344,35 @@ fn logging(format: LogFormat) {
         .init();
 }
 
-/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
-/// called, not when the future is first polled: imd calls it before it
-/// says it is listening, so a SIGTERM sent right after that line is a
-/// graceful stop, never the default action (death by the signal).
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed by this
+/// call, not when the future is first polled: a SIGTERM that arrives just
+/// after the `listening` line (before the accept loop first waits) must
+/// still be the graceful stop, not the default action that kills imd.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let signals = {
+    {
         use tokio::signal::unix::{signal, SignalKind};
-        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
-    };
-    async move {
-        #[cfg(unix)]
-        if let Ok((mut term, mut int)) = signals {
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+                _ = wait(term) => {}
+                _ = wait(int) => {}
             }
-            return;
         }
-        let _ = tokio::signal::ctrl_c().await;
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

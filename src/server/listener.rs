@@ -2,6 +2,9 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future, like mini-redis's
 //! `server::run`, so the binary and the tests start servers the same way.
+//! With TLS ([`Config::tls`]), the handshake too runs in the connection's
+//! task ([`super::tls::serve`]), never here, so a client that stalls it
+//! holds up nobody else's accept.
 //! Per-connection errors stay inside the connection's task; accept errors
 //! (e.g. out of file descriptors) are logged and backed off, never fatal and
 //! never a busy loop.
@@ -71,6 +74,7 @@ pub async fn run_with(
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let max_connections = config.max_connections;
     let admission = Admission::new(config.per_ip);
+    let tls = config.tls.clone();
     let hub = Hub::new(config, cluster);
     hub.start();
     let stop = CancellationToken::new();
@@ -112,7 +116,7 @@ pub async fn run_with(
             let why = format!("server is full ({max_connections} connections); try again later");
             refused.note(addr, ErrorCode::ServerFull, &why);
             hub.metrics().error_sent(ErrorCode::ServerFull);
-            refuse(stream, ErrorCode::ServerFull, why);
+            refuse(stream, ErrorCode::ServerFull, why, tls.is_some());
             continue;
         };
         let ticket = match admission.admit(addr.ip()) {
@@ -121,17 +125,24 @@ pub async fn run_with(
                 let why = why.to_string();
                 refused.note(addr, ErrorCode::TooManyConnections, &why);
                 hub.metrics().error_sent(ErrorCode::TooManyConnections);
-                refuse(stream, ErrorCode::TooManyConnections, why);
+                refuse(stream, ErrorCode::TooManyConnections, why, tls.is_some());
                 continue;
             }
         };
         let hub = hub.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            let (r, w) = stream.into_split();
             // The slot and the address's place are held while the user is
-            // online.
-            serve_in_slot(r, w, addr, hub, stop, (permit, ticket)).await;
+            // online (and, with TLS, during the handshake).
+            let slot = (permit, ticket);
+            match tls {
+                None => {
+                    let (r, w) = stream.into_split();
+                    serve_in_slot(r, w, addr, hub, stop, slot).await;
+                }
+                Some(tls) => super::tls::serve(tls, stream, addr, hub, stop, slot).await,
+            }
         });
     }
     tracing::info!("shutting down: telling {} users", hub.len());
@@ -197,7 +208,15 @@ fn trim() {}
 /// leaves the refused client hanging with no answer). Lines the client sent
 /// first are discarded; on Linux the client can still read the error line
 /// before the reset.
-fn refuse(stream: TcpStream, code: ErrorCode, why: String) {
+///
+/// On a TLS port (`tls`) the connection is closed without a word: the line
+/// would be plaintext that a TLS client reads as a broken handshake, and
+/// a TLS handshake per refused connection is the cost a flood must not
+/// impose. The refusal is still logged.
+fn refuse(stream: TcpStream, code: ErrorCode, why: String, tls: bool) {
+    if tls {
+        return;
+    }
     let line = ServerLine::error(code, why);
     if let Ok(mut stream) = stream.into_std() {
         // Non-blocking: if the buffer were somehow full, the line is dropped.

@@ -13,6 +13,8 @@
 //! - [`accounts`]: registered names (`--accounts`): the file, password
 //!   checks off the async workers, reload; [`throttle`]: the brake on
 //!   failed logins per address.
+//! - [`tls`]: the TLS handshake (`--tls-cert`) in each connection's task,
+//!   and the TLS writer the outbox writes to.
 //! - [`connection`]: one client's session: read, parse, call the hub, reply.
 //! - [`hub`]: who is online, the protocol's operations, fan-out.
 //! - [`outbox`]: the per-user queue, bounded in bytes, and its writer.
@@ -21,8 +23,8 @@
 //! - [`metrics`]: what the server counts, and `GET /metrics` for
 //!   Prometheus (`imd --metrics`).
 //!
-//! Modules depend downwards only: listener → connection → hub → cluster,
-//! metrics, outbox; none of them imports from the client side.
+//! Modules depend downwards only: listener → (tls →) connection → hub →
+//! cluster, metrics, outbox; none of them imports from the client side.
 
 pub mod accounts;
 pub mod admission;
@@ -34,6 +36,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod throttle;
+pub mod tls;
 
 pub use config::Config;
 pub use listener::{run, run_in_cluster, run_with, Options};

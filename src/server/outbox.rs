@@ -90,24 +90,44 @@ impl<T: PeerSocket + ?Sized> PeerSocket for &mut T {
 }
 
 impl PeerSocket for tokio::net::tcp::OwnedWriteHalf {
-    #[cfg(target_os = "linux")]
     fn unacked(&self) -> Option<usize> {
-        use std::os::fd::AsRawFd;
-        let mut n: libc::c_int = 0;
-        // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int through the pointer;
-        // the descriptor is a live TCP socket borrowed from `self`.
-        let r = unsafe { libc::ioctl(self.as_ref().as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-        (r == 0).then_some(n as usize)
+        use std::os::fd::AsFd;
+        unacked(self.as_ref().as_fd())
     }
 
     fn reset_on_close(&self) {
-        // SO_LINGER with a zero timeout: close() sends a reset and frees
-        // both socket buffers. The close itself happens when the reading
-        // half is dropped too, as the session ends.
-        let sock = socket2::SockRef::from(self.as_ref());
-        if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
-            tracing::debug!("cannot reset a cut connection: {e}");
-        }
+        use std::os::fd::AsFd;
+        reset_on_close(self.as_ref().as_fd())
+    }
+}
+
+/// [`PeerSocket::unacked`] for a TCP socket: its unacknowledged bytes as
+/// the kernel counts them (SIOCOUTQ). Shared by the plaintext and the TLS
+/// writer, which both sit on one.
+#[cfg(target_os = "linux")]
+pub fn unacked(socket: std::os::fd::BorrowedFd<'_>) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int through the pointer; the
+    // descriptor is a live TCP socket, borrowed for the call.
+    let r = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (r == 0).then_some(n as usize)
+}
+
+/// [`PeerSocket::unacked`] where the kernel does not say.
+#[cfg(not(target_os = "linux"))]
+pub fn unacked(_socket: std::os::fd::BorrowedFd<'_>) -> Option<usize> {
+    None
+}
+
+/// [`PeerSocket::reset_on_close`] for a TCP socket: SO_LINGER with a zero
+/// timeout, so close() sends a reset and frees both socket buffers. The
+/// close itself happens when the reading half is dropped too, as the
+/// session ends.
+pub fn reset_on_close(socket: std::os::fd::BorrowedFd<'_>) {
+    let sock = socket2::SockRef::from(&socket);
+    if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
+        tracing::debug!("cannot reset a cut connection: {e}");
     }
 }
 
@@ -558,9 +578,15 @@ impl Drain {
     }
 }
 
-/// Writes all of `buf`, recording in `st` when the socket first refuses
-/// data (so a reader that stops taking data can be told from a writer that
-/// is merely behind) and clearing that once the whole buffer is written.
+/// Writes all of `buf` and flushes it, recording in `st` when the socket
+/// first refuses data (so a reader that stops taking data can be told from
+/// a writer that is merely behind) and clearing that once the whole buffer
+/// is written.
+///
+/// The flush is what puts the lines on the wire through TLS, whose writer
+/// may keep encrypted records it could not write yet; a TCP socket's flush
+/// returns at once. A flush waiting on a full socket counts as a refused
+/// write.
 ///
 /// A refused write alone does not prove the reader stopped: Linux reports a
 /// large send buffer (it grows to 4 MB) writable again only once about a
@@ -578,9 +604,15 @@ async fn write_all_marking<W: AsyncWrite + PeerSocket + Unpin>(
     // While the socket refuses data: when to look at it next, and what it
     // held unacknowledged at the last look.
     let mut probe: Option<(Pin<Box<tokio::time::Sleep>>, Option<usize>)> = None;
-    while done < buf.len() {
+    loop {
+        // Some(bytes written), or None once the flush is done.
         let step = poll_fn(|cx| {
-            if let Poll::Ready(r) = Pin::new(&mut *w).poll_write(cx, &buf[done..]) {
+            let ready = if done < buf.len() {
+                Pin::new(&mut *w).poll_write(cx, &buf[done..]).map_ok(Some)
+            } else {
+                Pin::new(&mut *w).poll_flush(cx).map_ok(|()| None)
+            };
+            if let Poll::Ready(r) = ready {
                 return Poll::Ready(Some(r));
             }
             if st.blocked_since_ms.load(Ordering::Acquire) == 0 {
@@ -608,10 +640,11 @@ async fn write_all_marking<W: AsyncWrite + PeerSocket + Unpin>(
                 continue;
             }
         };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+        match n {
+            None => break,
+            Some(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Some(n) => done += n,
         }
-        done += n;
     }
     st.blocked_since_ms.store(0, Ordering::Release);
     Ok(())
@@ -769,5 +802,60 @@ mod tests {
         }
         drop(ob);
         drain.write_to(mock).await;
+    }
+
+    /// A writer that, like TLS, keeps what it is given until flushed.
+    struct Buffering {
+        held: Vec<u8>,
+        sent: tokio::sync::watch::Sender<Vec<u8>>,
+    }
+
+    impl PeerSocket for Buffering {}
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let held = std::mem::take(&mut self.held);
+            self.sent.send_modify(|s| s.extend_from_slice(&held));
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    /// Every batch is flushed, so a line reaches the peer through a
+    /// buffering writer (TLS) while the user stays online and nothing more
+    /// is queued, not only at the end of the connection.
+    #[tokio::test]
+    async fn each_batch_is_flushed_while_the_queue_stays_open() {
+        let (ob, drain) = outbox(1 << 20, Duration::from_secs(1), Budget::new(usize::MAX));
+        let (sent, mut seen) = tokio::sync::watch::channel(Vec::new());
+        let w = Buffering {
+            held: Vec::new(),
+            sent,
+        };
+        tokio::spawn(drain.write_to(w));
+        assert!(ob.push(Bytes::from("hello\n")));
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            seen.wait_for(|s| s.as_slice() == b"hello\n"),
+        )
+        .await;
+        assert!(got.is_ok(), "the line was never flushed");
+        drop(ob);
     }
 }

@@ -36,9 +36,7 @@ pub fn prompt(name: &str) -> std::io::Result<String> {
 /// text to anything but a loopback address.
 pub async fn login(client: &mut Client, name: &str, password: &str) -> Result<(), ClientError> {
     let server = client.peer_addr().map(|a| a.ip());
-    // imc has no TLS yet: the lead wires `--tls` in here at the merge.
-    let tls = false;
-    if !server.is_some_and(|ip| password_may_be_sent(ip, tls)) {
+    if !server.is_some_and(|ip| password_may_be_sent(ip, client.is_tls())) {
         return Err(ClientError::Unsendable(Unsendable::PlaintextPassword));
     }
     client.login(name, password).await
