@@ -468,6 +468,7 @@ mod tests {
         let old = join(&hub, "127.0.0.1:2", 2).await;
         let new = join(&hub, "127.0.0.1:2", 2).await;
         assert_eq!(hub.len(), 2, "the old one was replaced");
+        assert!(!hub.is_empty());
         hub.leave("127.0.0.1:2", &old.user, LeaveReason::Quit).await;
         assert_eq!(hub.who().await, ["127.0.0.1:2", "watcher"]);
         let told = watcher.lines(&hub).await;
