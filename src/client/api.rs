@@ -16,7 +16,8 @@
 //! the same step. So when [`Client::say`] returns, every online user has been
 //! sent the message.
 //!
-//! (Over 400 lines: about 80 of them are tests against a scripted server.)
+//! (Over 400 lines: about 280 of them are tests, against a scripted server
+//! and against the real server's sessions.)
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

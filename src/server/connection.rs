@@ -36,7 +36,7 @@
 //! The handler is generic over the read and write halves so it can be driven
 //! by a TCP socket or, in unit tests, by `tokio_test::io` mocks.
 //!
-//! (Over 400 lines: about 200 of them are those unit tests, which drive
+//! (Over 400 lines: about 260 of them are those unit tests, which drive
 //! whole sessions, the memory storm included, through in-memory sockets.)
 
 use std::net::SocketAddr;

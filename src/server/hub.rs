@@ -23,6 +23,8 @@
 //! order of events, so each user sees every sender's lines in the order
 //! sent, and a join, rename or leave is atomic with respect to every
 //! message. Cluster calls (Redis round trips) happen outside it.
+//!
+//! (Over 400 lines: about 220 of them are unit tests of each operation.)
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
