@@ -30,6 +30,7 @@ pub fn tiny() -> BenchArgs {
         second_port: None,
         json: false,
         bench_timeout: 120.0,
+        tls: None,
     }
 }
 

@@ -24,6 +24,36 @@ fn node_with_ttl(redis: &RedisServer, ttl: u32) -> TestServer {
     ])
 }
 
+/// A cluster node's metrics show its link: up, and the PUBLISH commands
+/// Redis acknowledged (alice's arrival, her rename, her line: 3); down
+/// once Redis is gone and the users were told.
+#[test]
+fn metrics_show_the_cluster_link() {
+    use crate::metrics::scrape_until;
+    let mut redis = RedisServer::start();
+    let (n1, metrics) = TestServer::start_binary_with_metrics(&[
+        "--redis",
+        &redis.url(),
+        "--cluster-ttl",
+        "30",
+        "--idle-timeout",
+        "0",
+    ]);
+    let n2 = node(&redis);
+    let mut bob = n2.client("bob");
+    let mut alice = n1.client("alice");
+    bob.expect(r"is now known as alice$");
+    alice.send("hello, other node");
+    bob.expect("^<alice> hello, other node$");
+    scrape_until(
+        metrics,
+        &[("imd_cluster_up", 1), ("imd_cluster_published_total", 3)],
+    );
+    redis.stop();
+    alice.expect(r"^\*\*\* cluster: cluster messages are paused");
+    scrape_until(metrics, &[("imd_cluster_up", 0)]);
+}
+
 /// Across two nodes: presence notices, public messages, whispers (only to
 /// their target), `who` listing everyone, and offline notices.
 #[test]

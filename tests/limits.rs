@@ -199,7 +199,7 @@ fn quick_cut_server() -> TestServer {
 /// Has `sender` send numbered 4 KB lines, reading each back, until the
 /// server says `victim` went offline as too slow; returns how many lines
 /// were sent before. Panics past `most` lines.
-fn send_until_cut(sender: &mut LineClient, victim: &str, most: usize) -> usize {
+pub fn send_until_cut(sender: &mut LineClient, victim: &str, most: usize) -> usize {
     let pad = "x".repeat(4000);
     let me = regex::escape(&sender.label); // client() names it after its label
     let cut = format!(r"\*\*\* {} is offline \(too slow\)", regex::escape(victim));

@@ -45,6 +45,7 @@ fn run_on_imd(s: &Scenario) -> Outcome {
                 .ok_or_else(|| format!("imd exited with {status}"))
         })),
         started_with_flags: true,
+        tls: None,
     };
     runtime().block_on(scenario::run_on(s, target, Duration::from_secs(5)))
 }

@@ -3,12 +3,14 @@
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use imchat::server::admission::Limits;
 use imchat::server::cluster::{Cluster, ClusterConfig};
+use imchat::server::tls::Tls;
 use imchat::server::{self, Config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -69,7 +71,18 @@ struct Args {
     /// queue is full.
     #[arg(long, env = "IMD_STALL_MS", default_value_t = 1000)]
     stall_ms: u64,
-    /// Join a cluster of imd nodes through this Redis (redis://HOST:PORT).
+    /// Speak TLS (1.2 and 1.3) with this certificate: a PEM file, the
+    /// server's certificate first, then any intermediates. Needs --tls-key.
+    /// Plaintext clients then get nothing; each client has 10 seconds to
+    /// finish its handshake.
+    #[arg(long, env = "IMD_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert: a PEM file (PKCS#8, RSA or EC).
+    /// Needs --tls-cert.
+    #[arg(long, env = "IMD_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Join a cluster of imd nodes through this Redis (redis://HOST:PORT,
+    /// or rediss://HOST:PORT for TLS, verified against the system's roots).
     /// Without it, imd is a single node and never touches Redis.
     #[arg(long, env = "IMD_REDIS")]
     redis: Option<String>,
@@ -77,6 +90,12 @@ struct Args {
     /// how soon a killed node's users leave `who`.
     #[arg(long, env = "IMD_CLUSTER_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     cluster_ttl: u64,
+    /// Serve Prometheus metrics as `GET /metrics` on this address (e.g.
+    /// 127.0.0.1:9808; port 0 picks a free one, printed on stdout). Off by
+    /// default. Anyone who can reach it can read the counts, not who said
+    /// what; keep it on a private address.
+    #[arg(long, env = "IMD_METRICS", value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Log format on stderr: `text` for people, `json` (one object a line)
     /// for log shippers.
     #[arg(long, env = "IMD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -87,8 +106,9 @@ struct Args {
 const EXIT_CODES: &str = "\
 Exit status:
   0  stopped by Ctrl-C or SIGTERM, after the graceful shutdown
-  1  cannot listen on --ip/--port, or cannot reach --redis at start
-  2  usage error: a bad flag or environment variable";
+  1  cannot listen on --ip/--port or --metrics, or cannot reach --redis at start
+  2  usage error: a bad flag or environment variable (an unreadable or
+     unusable --tls-cert or --tls-key included)";
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
@@ -104,6 +124,17 @@ async fn main() -> ExitCode {
     }
     logging(args.log_format);
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match Tls::from_pem_files(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("imd: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        // clap requires both or neither.
+        _ => None,
+    };
     let config = Config {
         max_line: args.max_line as usize,
         queue_bytes: args.queue_bytes as usize,
@@ -116,6 +147,7 @@ async fn main() -> ExitCode {
         },
         presence_limit: args.presence_limit as usize,
         stall_timeout: Duration::from_millis(args.stall_ms),
+        tls,
         ..Config::default()
     };
     let listener = match TcpListener::bind((args.ip, args.port)).await {
@@ -131,6 +163,19 @@ async fn main() -> ExitCode {
             eprintln!("imd: {e}");
             return ExitCode::from(1);
         }
+    };
+    let metrics = match args.metrics {
+        None => None,
+        Some(at) => match TcpListener::bind(at)
+            .await
+            .and_then(|l| Ok((l.local_addr()?, l)))
+        {
+            Ok(bound) => Some(bound),
+            Err(e) => {
+                eprintln!("imd: cannot listen for metrics on {at}: {e}");
+                return ExitCode::from(1);
+            }
+        },
     };
     let cluster = match &args.redis {
         None => None,
@@ -148,14 +193,25 @@ async fn main() -> ExitCode {
             }
         }
     };
-    // The first stdout line, so scripts and tests can learn the port.
+    let shutdown = shutdown_signal();
+    // The first stdout line, so scripts and tests can learn the port; the
+    // metrics address, if any, is the second.
+    let mut said = format!("imd listening on {addr}\n");
+    if let Some((at, _)) = &metrics {
+        said.push_str(&format!("imd metrics on {at}\n"));
+    }
     let mut stdout = tokio::io::stdout();
-    let _ = stdout
-        .write_all(format!("imd listening on {addr}\n").as_bytes())
-        .await;
+    let _ = stdout.write_all(said.as_bytes()).await;
     let _ = stdout.flush().await;
-    tracing::info!(%addr, "listening");
-    server::run_in_cluster(listener, config, cluster, shutdown_signal()).await;
+    tracing::info!(%addr, tls = config.tls.is_some(), "listening");
+    if let Some((at, _)) = &metrics {
+        tracing::info!(addr = %at, "serving metrics at http://{at}/metrics");
+    }
+    let options = server::Options {
+        cluster,
+        metrics: metrics.map(|(_, l)| l),
+    };
+    server::run_with(listener, config, options, shutdown).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
@@ -204,25 +260,35 @@ fn logging(format: LogFormat) {
         .init();
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed by this
+/// call, not when the future is first polled: a SIGTERM that arrives just
+/// after the `listening` line (before the accept loop first waits) must
+/// still be the graceful stop, not the default action that kills imd.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                _ = wait(term) => {}
+                _ = wait(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

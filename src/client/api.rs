@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
+use super::tls::{self, TlsConnector};
 use crate::protocol::codec::{Frame, LineCodec};
 use crate::protocol::{Command, ErrorCode, ServerLine};
 
@@ -88,10 +88,13 @@ pub enum Unsendable {
 }
 
 /// One connection to an imd server.
-#[derive(Debug)]
 pub struct Client {
-    lines: FramedRead<OwnedReadHalf, LineCodec>,
-    writer: OwnedWriteHalf,
+    lines: FramedRead<tls::Reader, LineCodec>,
+    writer: tls::Writer,
+    /// The server's address, kept because a TLS writer cannot tell it.
+    peer: Option<SocketAddr>,
+    /// Whether the connection is TLS (the server's certificate verified).
+    tls: bool,
     name: String,
     /// Lines received while waiting for replies, in order.
     events: VecDeque<Event>,
@@ -99,6 +102,17 @@ pub struct Client {
     keep: usize,
     /// Events dropped because `events` was full.
     dropped: u64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("peer", &self.peer)
+            .field("tls", &self.tls)
+            .field("events", &self.events.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A line received that is not a reply to one of our requests.
@@ -111,21 +125,39 @@ pub enum Event {
 }
 
 impl Client {
-    /// Connects and waits for the welcome line, which tells our name.
+    /// Connects in plaintext and waits for the welcome line, which tells
+    /// our name.
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        Client::connect_with(addr, timeout, None).await
+    }
+
+    /// [`Client::connect`], over TLS when `tls` is given: a certificate
+    /// the connector does not accept is a [`ClientError::Connect`] that
+    /// says what was wrong with it.
+    pub async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<&TlsConnector>,
+    ) -> Result<Client, ClientError> {
+        let dial = async {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            crate::net::keep_alive(&stream);
+            let peer = stream.peer_addr().ok();
+            Ok((peer, tls::halves(stream, tls, addr).await?))
+        };
+        let (peer, (r, w)) = tokio::time::timeout(timeout, dial)
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .map_err(|source| ClientError::Connect {
                 addr: addr.to_string(),
                 source,
             })?;
-        let _ = stream.set_nodelay(true);
-        crate::net::keep_alive(&stream);
-        let (r, w) = stream.into_split();
         let mut client = Client {
             lines: FramedRead::new(r, LineCodec::new(MAX_SERVER_LINE, MAX_SERVER_LINE)),
             writer: w,
+            peer,
+            tls: tls.is_some(),
             name: String::new(),
             events: VecDeque::new(),
             keep: MAX_PENDING_EVENTS,
@@ -188,14 +220,23 @@ impl Client {
 
     /// The server's address.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.writer.peer_addr().ok()
+        self.peer
+    }
+
+    /// Whether this connection is TLS, with the server's certificate
+    /// verified (what a caller checks before sending a secret).
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     async fn send(&mut self, cmd: Command<'_>) -> Result<(), ClientError> {
-        self.writer
-            .write_all(cmd.encode().as_bytes())
-            .await
-            .map_err(|e| ClientError::Lost(e.to_string()))
+        // The flush is what sends the line through TLS; for a plain
+        // socket it does nothing.
+        let sent = async {
+            self.writer.write_all(cmd.encode().as_bytes()).await?;
+            self.writer.flush().await
+        };
+        sent.await.map_err(|e| ClientError::Lost(e.to_string()))
     }
 
     /// Sends a public message and waits until it comes back to us, which

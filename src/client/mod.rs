@@ -8,6 +8,8 @@
 //! - [`bench`](mod@bench): `imc bench`, the fan-out load generators.
 //! - [`scenario`]: plain-text multi-client scenarios and their runner
 //!   (`imc scenario`, and the tests).
+//! - [`tls`]: what a TLS client trusts, and a connection's halves with or
+//!   without TLS.
 //!
 //! It shares only [`crate::protocol`] with the server.
 
@@ -15,5 +17,6 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod scenario;
+pub mod tls;
 
 pub use api::{Client, ClientError, Event, MAX_PENDING_EVENTS};

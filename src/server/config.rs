@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::admission::Limits;
+use super::tls::Tls;
 
 /// Server limits. Every resource a client can make the server spend is
 /// bounded by one of these.
@@ -31,6 +32,9 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Most simultaneous connections; one more is told the server is full.
     pub max_connections: usize,
+    /// Speak TLS on the listener (`--tls-cert`, `--tls-key`); `None`, the
+    /// default, is plaintext as the protocol always was.
+    pub tls: Option<Tls>,
     /// Limits per client address (connections open at once, new
     /// connections a second). None by default: behind a NAT many users
     /// share one address, and a server with no limits configured behaves
@@ -62,6 +66,7 @@ impl Default for Config {
             max_queued_bytes: 512 * 1024 * 1024,
             idle_timeout: Some(Duration::from_secs(300)),
             max_connections: 10_000,
+            tls: None,
             per_ip: Limits::NONE,
             presence_limit: 1000,
             shutdown_grace: Duration::from_secs(5),

@@ -50,6 +50,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, NoSuchUser, RenameError, User};
+use super::metrics::Opened;
 use super::outbox::PeerSocket;
 use crate::protocol::codec::{Frame, FrameError, LineCodec};
 use crate::protocol::{encode_public, visible, Command, ErrorCode, LeaveReason, ServerLine};
@@ -95,6 +96,8 @@ pub async fn serve_in_slot<R, W, S>(
     W: AsyncWrite + PeerSocket + Unpin + Send + 'static,
 {
     let (user, drain) = hub.new_user(addr);
+    // Counted from here until the writer is done (dropped last, below).
+    let opened = hub.metrics().open(user.outbox.tally());
     let writer = tokio::spawn(async move {
         let mut writer = writer;
         if drain.write_to(&mut writer).await {
@@ -113,9 +116,13 @@ pub async fn serve_in_slot<R, W, S>(
         hub: hub.clone(),
         congested: Vec::new(),
         batch: BytesMut::new(),
+        opened,
     };
     let reason = conn.read_loop(reader, &shutdown).await;
-    let Connection { name, user, .. } = conn;
+    let Connection {
+        name, user, opened, ..
+    } = conn;
+    hub.metrics().disconnected(reason);
     drop(slot);
     hub.leave(&name, &user, reason).await;
     match reason {
@@ -136,6 +143,7 @@ pub async fn serve_in_slot<R, W, S>(
     {
         abort.abort();
     }
+    drop(opened);
 }
 
 /// The reading side of a connection and the user's current name.
@@ -150,10 +158,15 @@ struct Connection {
     congested: Vec<Arc<User>>,
     /// Public lines of this read not yet broadcast, encoded.
     batch: BytesMut,
+    /// This connection's counters in the metrics.
+    opened: Opened,
 }
 
 impl Connection {
     fn reply(&self, line: ServerLine) {
+        if let ServerLine::Error { code, .. } = &line {
+            self.hub.metrics().error_sent(*code);
+        }
         self.user.outbox.push(line.to_bytes());
     }
 
@@ -301,6 +314,7 @@ impl Connection {
     /// Runs one frame. Every command line gets exactly one reply (an `ok`, an
     /// `error`, or for a public message its own broadcast coming back).
     async fn handle(&mut self, frame: Frame) {
+        self.opened.line_received();
         let bytes = match frame {
             Frame::Line(bytes) => bytes,
             Frame::TooLong => {
@@ -570,6 +584,27 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(hub.budget().used(), 0, "every charge came back");
+    }
+
+    /// What a metrics scrape reads from the hub: the users online here and
+    /// the output queued for them, as the budget charges it (a queue with
+    /// no writer yet keeps what is pushed).
+    #[tokio::test]
+    async fn the_hub_shows_the_metrics_who_is_online_and_what_is_queued() {
+        use crate::server::metrics::Source;
+        use crate::server::outbox::LINE_COST;
+        let hub = hub();
+        let (user, drain) = hub.new_user("127.0.0.1:4005".parse().unwrap());
+        hub.join("alice", &user).await;
+        assert!(user.outbox.push(bytes::Bytes::from_static(b"hello\n")));
+        let source: &dyn Source = &*hub;
+        assert_eq!(source.users_online(), 1);
+        assert_eq!(source.queued_bytes(), 6 + LINE_COST);
+        assert!(source.cluster().is_none());
+        hub.leave("alice", &user, LeaveReason::Quit).await;
+        drop(user);
+        drain.write_to(tokio::io::sink()).await;
+        assert_eq!((source.users_online(), source.queued_bytes()), (0, 0));
     }
 
     /// At shutdown a connected user is told why before the socket closes,

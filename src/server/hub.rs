@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::cluster::{Cluster, LocalNode};
-use super::outbox::{outbox, Budget, Drain, Outbox};
+use super::metrics::{ClusterStatus, Metrics, Source};
+use super::outbox::{count_lines, outbox, Budget, Drain, Outbox};
 use super::Config;
 use crate::protocol::{validate_name, LeaveReason, NameError, ServerLine};
 
@@ -74,6 +75,8 @@ pub struct Hub {
     budget: Arc<Budget>,
     /// The other nodes, when this node is one of several (`imd --redis`).
     cluster: Option<Arc<Cluster>>,
+    /// What the connections count, for `imd --metrics`.
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
@@ -86,6 +89,7 @@ impl Hub {
             budget: Budget::new(config.max_queued_bytes),
             config,
             cluster,
+            metrics: Metrics::new(),
         })
     }
 
@@ -112,6 +116,11 @@ impl Hub {
     /// All users' queued output together.
     pub fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// The counters behind `imd --metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<User>>> {
@@ -342,6 +351,28 @@ impl LocalNode for Hub {
     }
 }
 
+/// What a metrics scrape reads from the hub.
+impl Source for Hub {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn users_online(&self) -> usize {
+        self.len()
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.budget.used()
+    }
+
+    fn cluster(&self) -> Option<ClusterStatus> {
+        self.cluster.as_ref().map(|c| ClusterStatus {
+            up: c.is_healthy(),
+            published: c.published(),
+        })
+    }
+}
+
 /// `*FROM* TEXT`, encoded for the recipient's queue.
 fn private_line(from: &str, text: &str) -> Bytes {
     ServerLine::Private {
@@ -353,13 +384,16 @@ fn private_line(from: &str, text: &str) -> Bytes {
 
 /// The fan-out: pushes `line` (shared, not copied) to each of `users`, and
 /// adds to `congested`, if given, those whose queues are now congested.
+/// Its protocol lines are counted once here, for every recipient's writer
+/// to count them as written (the metrics' deliveries).
 fn fan_out<'a>(
     users: impl Iterator<Item = &'a Arc<User>>,
     line: &Bytes,
     mut congested: Option<&mut Vec<Arc<User>>>,
 ) {
+    let n = count_lines(line);
     for u in users {
-        u.outbox.push(line.clone());
+        u.outbox.push_lines(line.clone(), n);
         if let Some(c) = congested.as_deref_mut() {
             if u.outbox.congested() {
                 c.push(u.clone());

@@ -2,6 +2,9 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future, like mini-redis's
 //! `server::run`, so the binary and the tests start servers the same way.
+//! With TLS ([`Config::tls`]), the handshake too runs in the connection's
+//! task ([`super::tls::serve`]), never here, so a client that stalls it
+//! holds up nobody else's accept.
 //! Per-connection errors stay inside the connection's task; accept errors
 //! (e.g. out of file descriptors) are logged and backed off, never fatal and
 //! never a busy loop.
@@ -42,14 +45,47 @@ pub async fn run_in_cluster(
     cluster: Option<Arc<Cluster>>,
     shutdown: impl Future,
 ) {
+    let options = Options {
+        cluster,
+        ..Options::default()
+    };
+    run_with(listener, config, options, shutdown).await
+}
+
+/// What a node runs besides its chat listener; each is optional.
+#[derive(Default)]
+pub struct Options {
+    /// The link to the other nodes of a cluster (from [`Cluster::connect`]).
+    pub cluster: Option<Arc<Cluster>>,
+    /// A bound listener for `GET /metrics` (`imd --metrics`), served until
+    /// shutdown begins.
+    pub metrics: Option<TcpListener>,
+}
+
+/// [`run`] with everything [`Options`] adds.
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    options: Options,
+    shutdown: impl Future,
+) {
+    let Options { cluster, metrics } = options;
     let grace = config.shutdown_grace;
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let max_connections = config.max_connections;
     let admission = Admission::new(config.per_ip);
+    let tls = config.tls.clone();
     let hub = Hub::new(config, cluster);
     hub.start();
     let stop = CancellationToken::new();
     tokio::spawn(give_back_memory(hub.clone(), stop.clone()));
+    if let Some(metrics) = metrics {
+        tokio::spawn(super::metrics::http::serve(
+            metrics,
+            hub.clone(),
+            stop.clone(),
+        ));
+    }
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF.0;
     let mut refused = Refusals::default();
@@ -79,7 +115,8 @@ pub async fn run_in_cluster(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             let why = format!("server is full ({max_connections} connections); try again later");
             refused.note(addr, ErrorCode::ServerFull, &why);
-            refuse(stream, ErrorCode::ServerFull, why);
+            hub.metrics().error_sent(ErrorCode::ServerFull);
+            refuse(stream, ErrorCode::ServerFull, why, tls.is_some());
             continue;
         };
         let ticket = match admission.admit(addr.ip()) {
@@ -87,17 +124,25 @@ pub async fn run_in_cluster(
             Err(why) => {
                 let why = why.to_string();
                 refused.note(addr, ErrorCode::TooManyConnections, &why);
-                refuse(stream, ErrorCode::TooManyConnections, why);
+                hub.metrics().error_sent(ErrorCode::TooManyConnections);
+                refuse(stream, ErrorCode::TooManyConnections, why, tls.is_some());
                 continue;
             }
         };
         let hub = hub.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            let (r, w) = stream.into_split();
             // The slot and the address's place are held while the user is
-            // online.
-            serve_in_slot(r, w, addr, hub, stop, (permit, ticket)).await;
+            // online (and, with TLS, during the handshake).
+            let slot = (permit, ticket);
+            match tls {
+                None => {
+                    let (r, w) = stream.into_split();
+                    serve_in_slot(r, w, addr, hub, stop, slot).await;
+                }
+                Some(tls) => super::tls::serve(tls, stream, addr, hub, stop, slot).await,
+            }
         });
     }
     tracing::info!("shutting down: telling {} users", hub.len());
@@ -163,7 +208,15 @@ fn trim() {}
 /// leaves the refused client hanging with no answer). Lines the client sent
 /// first are discarded; on Linux the client can still read the error line
 /// before the reset.
-fn refuse(stream: TcpStream, code: ErrorCode, why: String) {
+///
+/// On a TLS port (`tls`) the connection is closed without a word: the line
+/// would be plaintext that a TLS client reads as a broken handshake, and
+/// a TLS handshake per refused connection is the cost a flood must not
+/// impose. The refusal is still logged.
+fn refuse(stream: TcpStream, code: ErrorCode, why: String, tls: bool) {
+    if tls {
+        return;
+    }
     let line = ServerLine::error(code, why);
     if let Ok(mut stream) = stream.into_std() {
         // Non-blocking: if the buffer were somehow full, the line is dropped.

@@ -10,14 +10,18 @@
 //! - [`listener`]: the accept loop, the connection limit, shutdown.
 //! - [`admission`]: limits per client address (`--max-per-ip`,
 //!   `--max-connects-per-ip`).
+//! - [`tls`]: the TLS handshake (`--tls-cert`) in each connection's task,
+//!   and the TLS writer the outbox writes to.
 //! - [`connection`]: one client's session: read, parse, call the hub, reply.
 //! - [`hub`]: who is online, the protocol's operations, fan-out.
 //! - [`outbox`]: the per-user queue, bounded in bytes, and its writer.
 //! - [`cluster`]: several nodes as one chat over Redis (`imd --redis`),
 //!   plugged in behind the hub.
+//! - [`metrics`]: what the server counts, and `GET /metrics` for
+//!   Prometheus (`imd --metrics`).
 //!
-//! Modules depend downwards only: listener → connection → hub → cluster,
-//! outbox; none of them imports from the client side.
+//! Modules depend downwards only: listener → (tls →) connection → hub →
+//! cluster, metrics, outbox; none of them imports from the client side.
 
 pub mod admission;
 pub mod cluster;
@@ -25,7 +29,9 @@ pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod outbox;
+pub mod tls;
 
 pub use config::Config;
-pub use listener::{run, run_in_cluster};
+pub use listener::{run, run_in_cluster, run_with, Options};

@@ -90,24 +90,44 @@ impl<T: PeerSocket + ?Sized> PeerSocket for &mut T {
 }
 
 impl PeerSocket for tokio::net::tcp::OwnedWriteHalf {
-    #[cfg(target_os = "linux")]
     fn unacked(&self) -> Option<usize> {
-        use std::os::fd::AsRawFd;
-        let mut n: libc::c_int = 0;
-        // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int through the pointer;
-        // the descriptor is a live TCP socket borrowed from `self`.
-        let r = unsafe { libc::ioctl(self.as_ref().as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-        (r == 0).then_some(n as usize)
+        use std::os::fd::AsFd;
+        unacked(self.as_ref().as_fd())
     }
 
     fn reset_on_close(&self) {
-        // SO_LINGER with a zero timeout: close() sends a reset and frees
-        // both socket buffers. The close itself happens when the reading
-        // half is dropped too, as the session ends.
-        let sock = socket2::SockRef::from(self.as_ref());
-        if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
-            tracing::debug!("cannot reset a cut connection: {e}");
-        }
+        use std::os::fd::AsFd;
+        reset_on_close(self.as_ref().as_fd())
+    }
+}
+
+/// [`PeerSocket::unacked`] for a TCP socket: its unacknowledged bytes as
+/// the kernel counts them (SIOCOUTQ). Shared by the plaintext and the TLS
+/// writer, which both sit on one.
+#[cfg(target_os = "linux")]
+pub fn unacked(socket: std::os::fd::BorrowedFd<'_>) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int through the pointer; the
+    // descriptor is a live TCP socket, borrowed for the call.
+    let r = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (r == 0).then_some(n as usize)
+}
+
+/// [`PeerSocket::unacked`] where the kernel does not say.
+#[cfg(not(target_os = "linux"))]
+pub fn unacked(_socket: std::os::fd::BorrowedFd<'_>) -> Option<usize> {
+    None
+}
+
+/// [`PeerSocket::reset_on_close`] for a TCP socket: SO_LINGER with a zero
+/// timeout, so close() sends a reset and frees both socket buffers. The
+/// close itself happens when the reading half is dropped too, as the
+/// session ends.
+pub fn reset_on_close(socket: std::os::fd::BorrowedFd<'_>) {
+    let sock = socket2::SockRef::from(&socket);
+    if let Err(e) = sock.set_linger(Some(Duration::ZERO)) {
+        tracing::debug!("cannot reset a cut connection: {e}");
     }
 }
 
@@ -172,6 +192,11 @@ struct Lines {
     /// The [`Drain`] is gone: nothing will be written any more, and nothing
     /// more may be queued (its charges were returned).
     gone: bool,
+    /// Protocol lines in `queue` (an entry may hold many: a batch of public
+    /// lines, a `who` reply). Counted here, under the lock a push takes
+    /// anyway, so that the writer can count lines written without looking
+    /// at their bytes (see [`Tally`]).
+    count: u64,
 }
 
 /// What the sending side and the writer task share.
@@ -205,6 +230,57 @@ struct State {
     /// 1 + milliseconds after `born` when the pending write first found the
     /// socket full; 0 while no write is waiting for the socket.
     blocked_since_ms: AtomicU64,
+    /// Lines and bytes written to the socket, for the metrics (see [`Tally`]).
+    written: Written,
+}
+
+/// What a writer has written. Only the writer task adds to it, once per
+/// write (bytes) and once per batch taken from the queue (lines), with a
+/// plain load and store: no locked instruction, and nothing shared with
+/// other connections, so counting costs the fan-out nothing measurable.
+#[derive(Debug, Default)]
+struct Written {
+    lines: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Adds `n` to a counter that only one task writes: a plain load and store
+/// (a `fetch_add` would be a locked instruction for nothing).
+pub fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+/// A read-only view of one queue's counters for the metrics, which may
+/// outlive both the [`Outbox`] and the [`Drain`] (the connection reads it
+/// once more as it ends, after its writer has finished).
+#[derive(Debug, Clone)]
+pub struct Tally {
+    state: Arc<State>,
+}
+
+impl Tally {
+    /// Protocol lines written to the socket: counted once the writer has
+    /// written the whole batch it took from the queue, so lines of a batch
+    /// cut off halfway are not counted.
+    pub fn lines_written(&self) -> u64 {
+        self.state.written.lines.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to the socket.
+    pub fn bytes_written(&self) -> u64 {
+        self.state.written.bytes.load(Ordering::Relaxed)
+    }
+
+    /// True if the queue was cut because its reader was too slow.
+    pub fn cut_too_slow(&self) -> bool {
+        self.state.closed.load(Ordering::Acquire)
+            && self.state.reason.load(Ordering::Acquire) == LeaveReason::TooSlow as u8
+    }
+}
+
+/// Protocol lines in `bytes` (each ends with `\n`).
+pub fn count_lines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
 }
 
 /// The receiving side, owned by the connection's writer task.
@@ -230,6 +306,7 @@ pub fn outbox(limit: usize, stall: Duration, budget: Arc<Budget>) -> (Outbox, Dr
         progress: Notify::new(),
         born: Instant::now(),
         blocked_since_ms: AtomicU64::new(0),
+        written: Written::default(),
     });
     (
         Outbox {
@@ -256,6 +333,7 @@ impl Drop for Drain {
             let mut lines = st.lock();
             lines.gone = true;
             lines.queue = VecDeque::new();
+            lines.count = 0;
             let left = st.queued.swap(0, Ordering::AcqRel);
             st.budget.used.fetch_sub(left, Ordering::AcqRel);
         }
@@ -308,6 +386,13 @@ impl Outbox {
     /// While the server's [`Budget`] is exceeded, a frozen reader is cut at
     /// its next line, whatever its own queue holds.
     pub fn push(&self, line: Bytes) -> bool {
+        let n = count_lines(&line);
+        self.push_lines(line, n)
+    }
+
+    /// [`Outbox::push`] for `line` holding `n` protocol lines: the fan-out
+    /// counts a broadcast's lines once for all its recipients.
+    pub fn push_lines(&self, line: Bytes, n: u64) -> bool {
         let st = &self.state;
         if st.closed.load(Ordering::Acquire) {
             return false;
@@ -335,6 +420,7 @@ impl Outbox {
             return false;
         }
         lines.queue.push_back(line);
+        lines.count += n;
         let was_empty = lines.queue.len() == 1;
         drop(lines);
         if was_empty {
@@ -353,6 +439,13 @@ impl Outbox {
         match self.state.reason.load(Ordering::Acquire) {
             r if r == LeaveReason::TooSlow as u8 => LeaveReason::TooSlow,
             _ => LeaveReason::Error,
+        }
+    }
+
+    /// This queue's counters, for the metrics.
+    pub fn tally(&self) -> Tally {
+        Tally {
+            state: self.state.clone(),
         }
     }
 
@@ -429,10 +522,10 @@ impl Drain {
         // What the lines in `buf` were charged.
         let mut charged = 0;
         loop {
-            let finished = {
+            let (finished, batch_lines) = {
                 let mut lines = st.lock();
                 std::mem::swap(&mut lines.queue, &mut batch);
-                lines.finished
+                (lines.finished, std::mem::take(&mut lines.count))
             };
             if batch.is_empty() {
                 if finished {
@@ -472,10 +565,12 @@ impl Drain {
                 }
                 st.queued.fetch_sub(charged, Ordering::AcqRel);
                 st.budget.used.fetch_sub(charged, Ordering::AcqRel);
+                bump(&st.written.bytes, buf.len() as u64);
                 charged = 0;
                 st.progress.notify_waiters();
                 buf.clear();
             }
+            bump(&st.written.lines, batch_lines);
         }
         // The outbox is gone: the connection is ending normally.
         let _ = w.shutdown().await;
@@ -483,9 +578,15 @@ impl Drain {
     }
 }
 
-/// Writes all of `buf`, recording in `st` when the socket first refuses
-/// data (so a reader that stops taking data can be told from a writer that
-/// is merely behind) and clearing that once the whole buffer is written.
+/// Writes all of `buf` and flushes it, recording in `st` when the socket
+/// first refuses data (so a reader that stops taking data can be told from
+/// a writer that is merely behind) and clearing that once the whole buffer
+/// is written.
+///
+/// The flush is what puts the lines on the wire through TLS, whose writer
+/// may keep encrypted records it could not write yet; a TCP socket's flush
+/// returns at once. A flush waiting on a full socket counts as a refused
+/// write.
 ///
 /// A refused write alone does not prove the reader stopped: Linux reports a
 /// large send buffer (it grows to 4 MB) writable again only once about a
@@ -503,9 +604,15 @@ async fn write_all_marking<W: AsyncWrite + PeerSocket + Unpin>(
     // While the socket refuses data: when to look at it next, and what it
     // held unacknowledged at the last look.
     let mut probe: Option<(Pin<Box<tokio::time::Sleep>>, Option<usize>)> = None;
-    while done < buf.len() {
+    loop {
+        // Some(bytes written), or None once the flush is done.
         let step = poll_fn(|cx| {
-            if let Poll::Ready(r) = Pin::new(&mut *w).poll_write(cx, &buf[done..]) {
+            let ready = if done < buf.len() {
+                Pin::new(&mut *w).poll_write(cx, &buf[done..]).map_ok(Some)
+            } else {
+                Pin::new(&mut *w).poll_flush(cx).map_ok(|()| None)
+            };
+            if let Poll::Ready(r) = ready {
                 return Poll::Ready(Some(r));
             }
             if st.blocked_since_ms.load(Ordering::Acquire) == 0 {
@@ -533,10 +640,11 @@ async fn write_all_marking<W: AsyncWrite + PeerSocket + Unpin>(
                 continue;
             }
         };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+        match n {
+            None => break,
+            Some(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Some(n) => done += n,
         }
-        done += n;
     }
     st.blocked_since_ms.store(0, Ordering::Release);
     Ok(())
@@ -694,6 +802,61 @@ mod tests {
         }
         drop(ob);
         drain.write_to(mock).await;
+    }
+
+    /// A writer that, like TLS, keeps what it is given until flushed.
+    struct Buffering {
+        held: Vec<u8>,
+        sent: tokio::sync::watch::Sender<Vec<u8>>,
+    }
+
+    impl PeerSocket for Buffering {}
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let held = std::mem::take(&mut self.held);
+            self.sent.send_modify(|s| s.extend_from_slice(&held));
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    /// Every batch is flushed, so a line reaches the peer through a
+    /// buffering writer (TLS) while the user stays online and nothing more
+    /// is queued, not only at the end of the connection.
+    #[tokio::test]
+    async fn each_batch_is_flushed_while_the_queue_stays_open() {
+        let (ob, drain) = outbox(1 << 20, Duration::from_secs(1), Budget::new(usize::MAX));
+        let (sent, mut seen) = tokio::sync::watch::channel(Vec::new());
+        let w = Buffering {
+            held: Vec::new(),
+            sent,
+        };
+        tokio::spawn(drain.write_to(w));
+        assert!(ob.push(Bytes::from("hello\n")));
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            seen.wait_for(|s| s.as_slice() == b"hello\n"),
+        )
+        .await;
+        assert!(got.is_ok(), "the line was never flushed");
+        drop(ob);
     }
 }
 

@@ -168,6 +168,26 @@ impl TestServer {
     /// [`TestServer::start_binary`] with environment variables set (such
     /// as `IMD_IDLE_TIMEOUT`), on top of [`imd_command`]'s clean slate.
     pub fn start_binary_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        TestServer::spawn_binary(args, env).0
+    }
+
+    /// The real `imd` binary serving metrics on a free port of 127.0.0.1
+    /// (`--metrics 127.0.0.1:0`), and the metrics address, read from its
+    /// second stdout line.
+    pub fn start_binary_with_metrics(args: &[&str]) -> (TestServer, SocketAddr) {
+        let mut all = vec!["--metrics", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let (server, mut out) = TestServer::spawn_binary(&all, &[]);
+        let metrics = read_address(&mut out, "imd metrics on ");
+        (server, metrics)
+    }
+
+    /// Starts the binary and reads its first stdout line; returns the rest
+    /// of its stdout.
+    fn spawn_binary(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (TestServer, BufReader<std::process::ChildStdout>) {
         let mut child = imd_command()
             .args(["--ip", "127.0.0.1", "--port", "0"])
             .args(args)
@@ -177,20 +197,14 @@ impl TestServer {
             .spawn()
             .expect("imd starts");
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        let addr = first
-            .trim()
-            .strip_prefix("imd listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .parse()
-            .unwrap();
-        TestServer {
+        let addr = read_address(&mut out, "imd listening on ");
+        let server = TestServer {
             addr,
             running: Running::Binary(child),
             home: tempfile::tempdir().unwrap(),
             transcript: Transcript::new(),
-        }
+        };
+        (server, out)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -318,6 +332,17 @@ impl Drop for TestServer {
     }
 }
 
+/// Reads imd's next stdout line, which must be `PREFIX ADDRESS`.
+fn read_address(out: &mut impl BufRead, prefix: &str) -> SocketAddr {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected {prefix:?}, imd said {line:?}"))
+        .parse()
+        .unwrap()
+}
+
 /// A plain TCP client speaking the protocol line by line (blocking).
 pub struct LineClient {
     pub label: String,
@@ -326,6 +351,10 @@ pub struct LineClient {
     transcript: Transcript,
     /// Our name as the server told us in the welcome line.
     pub name: String,
+    /// Whole lines read from the server so far, and their bytes (with
+    /// their `\n`): what the server's metrics should count as delivered.
+    pub lines_read: u64,
+    pub bytes_read: u64,
 }
 
 impl LineClient {
@@ -345,6 +374,8 @@ impl LineClient {
             reader,
             transcript,
             name: String::new(),
+            lines_read: 0,
+            bytes_read: 0,
         };
         let welcome = c.expect(r"^\*\*\* welcome, you are (\S+) ");
         c.name = welcome
@@ -387,7 +418,9 @@ impl LineClient {
                 self.transcript.record(&self.label, "<-", "(closed)");
                 panic!("{}: connection closed while waiting", self.label)
             }
-            Ok(_) => {
+            Ok(n) => {
+                self.lines_read += 1;
+                self.bytes_read += n as u64;
                 let line = String::from_utf8_lossy(&buf)
                     .trim_end_matches('\n')
                     .to_string();

@@ -8,7 +8,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use regex::Regex;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -16,6 +15,7 @@ use tokio_util::codec::FramedRead;
 
 use super::text::{decode_bytes, substitute, Mode, Vars};
 use super::{Pattern, Step};
+use crate::client::tls::{self, TlsConnector};
 use crate::protocol::codec::{Frame, LineCodec};
 
 /// Every client's traffic with timestamps, shared with the reader tasks.
@@ -60,7 +60,7 @@ const SMALL_RECV_BUFFER: u32 = 4096;
 
 /// One connection of a scenario.
 pub struct Peer {
-    writer: OwnedWriteHalf,
+    writer: tls::Writer,
     lines: mpsc::UnboundedReceiver<String>,
     /// Tells the reader task to stop reading.
     stop: Arc<Notify>,
@@ -71,10 +71,12 @@ pub struct Peer {
     pub refusals: Vec<(Regex, usize, String)>,
 }
 
-/// Connects `who` to `addr`; `small_buffer` for a client that will stop
-/// reading. Returns the peer and its local address (its default name).
+/// Connects `who` to `addr` (over TLS with `tls`); `small_buffer` for a
+/// client that will stop reading. Returns the peer and its local address
+/// (its default name).
 pub async fn connect(
     addr: &str,
+    tls: Option<&TlsConnector>,
     who: &str,
     log: &SharedLog,
     small_buffer: bool,
@@ -96,14 +98,14 @@ pub async fn connect(
             sock.set_recv_buffer_size(SMALL_RECV_BUFFER)
                 .map_err(cannot)?;
         }
-        sock.connect(to).await.map_err(cannot)
+        let stream = sock.connect(to).await.map_err(cannot)?;
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().map_err(cannot)?.to_string();
+        Ok::<_, String>((local, tls::halves(stream, tls, addr).await.map_err(cannot)?))
     };
-    let stream = tokio::time::timeout(Duration::from_secs(5), dial)
+    let (local, (r, w)) = tokio::time::timeout(Duration::from_secs(5), dial)
         .await
         .map_err(|_| format!("{who}: connecting to {addr} timed out"))??;
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().map_err(cannot)?.to_string();
-    let (r, w) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let stop = Arc::new(Notify::new());
     let (log, label, stop_rx) = (log.clone(), who.to_string(), stop.clone());
@@ -218,10 +220,12 @@ impl Peer {
                     (format!("{line}\n").into_bytes(), line)
                 };
                 log.lock().unwrap().record(who, "->", &shown);
-                self.writer
-                    .write_all(&bytes)
-                    .await
-                    .map_err(|e| format!("{who} could not send: {e}"))
+                // The flush sends it through TLS (a no-op on a plain socket).
+                let sent = async {
+                    self.writer.write_all(&bytes).await?;
+                    self.writer.flush().await
+                };
+                sent.await.map_err(|e| format!("{who} could not send: {e}"))
             }
             Step::Expect {
                 pattern, timeout, ..

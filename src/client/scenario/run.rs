@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::peer::{connect, regex, Log, Peer, SharedLog};
 use super::text::Vars;
 use super::{Located, Outcome, Scenario, Step};
+use crate::client::tls::TlsConnector;
 
 /// Stops the server the runner started; `Err` says how it went wrong.
 pub type StopServer = Box<dyn FnOnce() -> Result<(), String> + Send>;
@@ -27,6 +28,9 @@ pub struct Target {
     /// Whether it was started with the file's `# imd:` flags. A file with
     /// flags is skipped against any other server.
     pub started_with_flags: bool,
+    /// Connect over TLS with this trust (`imc --tls scenario`); `None`:
+    /// plaintext.
+    pub tls: Option<TlsConnector>,
 }
 
 impl Target {
@@ -36,6 +40,7 @@ impl Target {
             addr: addr.to_string(),
             stop: None,
             started_with_flags: false,
+            tls: None,
         }
     }
 }
@@ -75,6 +80,7 @@ pub async fn run_on(scenario: &Scenario, target: Target, default_timeout: Durati
     let mut runner = Runner {
         name: &scenario.name,
         addr: target.addr,
+        tls: target.tls,
         stop: target.stop,
         log: Arc::new(Mutex::new(Log {
             start: Instant::now(),
@@ -125,6 +131,7 @@ pub async fn run_on(scenario: &Scenario, target: Target, default_timeout: Durati
 struct Runner<'s> {
     name: &'s str,
     addr: String,
+    tls: Option<TlsConnector>,
     stop: Option<StopServer>,
     log: SharedLog,
     peers: HashMap<String, Peer>,
@@ -223,7 +230,8 @@ impl Runner<'_> {
     async fn peer(&mut self, who: &str) -> Result<&mut Peer, String> {
         if !self.peers.contains_key(who) {
             let small = self.stops_reading.contains(who);
-            let (peer, local) = connect(&self.addr, who, &self.log, small).await?;
+            let (peer, local) =
+                connect(&self.addr, self.tls.as_ref(), who, &self.log, small).await?;
             self.vars.insert(who.to_string(), local);
             self.peers.insert(who.to_string(), peer);
         }

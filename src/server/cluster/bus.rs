@@ -285,6 +285,8 @@ impl Cluster {
         let result: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut c).await;
         match result {
             Ok(counts) => {
+                self.published
+                    .fetch_add(counts.len() as u64, Ordering::Relaxed);
                 for (o, n) in batch.drain(..).zip(counts) {
                     if let Some(r) = o.reply {
                         let _ = r.send(Some(n));

@@ -25,7 +25,7 @@ mod bus;
 mod keys;
 mod presence;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +88,9 @@ pub struct Cluster {
     /// False while Redis is unreachable; cluster messages are then dropped
     /// (local chat goes on) and users have been told.
     healthy: AtomicBool,
+    /// PUBLISH commands Redis has acknowledged (`imd_cluster_published_total`);
+    /// added to by the publisher task alone, once per pipeline.
+    published: AtomicU64,
     /// The subscription made at start, for the subscriber task.
     initial: std::sync::Mutex<Option<redis::aio::PubSub>>,
     /// Ends the background tasks.
@@ -139,6 +142,7 @@ impl Cluster {
             out_rx: std::sync::Mutex::new(Some(out_rx)),
             pending: Pending::new(OUT_QUEUE_BYTES),
             healthy: AtomicBool::new(false),
+            published: AtomicU64::new(0),
             initial: std::sync::Mutex::new(None),
             stop: CancellationToken::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
@@ -177,6 +181,13 @@ impl Cluster {
     /// True while Redis is reachable and subscribed.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    /// PUBLISH commands Redis has acknowledged so far: one per batch of
+    /// public lines from one read, per presence notice, per whisper to
+    /// another node.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
     }
 
     /// Graceful exit, after every local connection has ended (and published

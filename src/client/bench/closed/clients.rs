@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use super::super::common::{bench_line, find, micros, parse_bench};
 use super::{BenchArgs, Board, Tally};
@@ -16,7 +15,7 @@ use super::{BenchArgs, Board, Tally};
 /// bench shares the machine with the server, so its own cost per line must
 /// stay well below the server's.
 pub(super) async fn receive(
-    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut r: crate::client::tls::Reader,
     me: usize,
     tally: Arc<Mutex<Tally>>,
     board: Arc<Board>,
@@ -112,7 +111,7 @@ pub(super) async fn receive(
 
 /// One sender: closed loop (window), open loop (rate) or flat out.
 pub(super) async fn send(
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    w: &mut crate::client::tls::Writer,
     me: usize,
     board: Arc<Board>,
     args: BenchArgs,
@@ -150,7 +149,8 @@ pub(super) async fn send(
         {
             continue;
         }
-        if w.write_all(&batch).await.is_err() {
+        // The flush sends the batch through TLS (a no-op on a plain socket).
+        if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
             return seq;
         }
         board
@@ -163,7 +163,11 @@ pub(super) async fn send(
 
 /// An idle scale-test connection: reads and discards, and counts itself
 /// once it sees the final broadcast.
-pub(super) async fn idle_conn(stream: TcpStream, board: Arc<Board>, reached: Arc<AtomicU64>) {
+pub(super) async fn idle_conn(
+    stream: Box<dyn crate::client::tls::Stream>,
+    board: Arc<Board>,
+    reached: Arc<AtomicU64>,
+) {
     let mut r = BufReader::with_capacity(1024, stream);
     let mut line = Vec::new();
     let mut synced = false;

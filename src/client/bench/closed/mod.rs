@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
+
+use crate::client::tls::{self, TlsConnector};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -24,6 +25,10 @@ pub use report::Report;
 /// The knobs of one run.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// Connect over TLS with this trust (imc's `--tls`, `--ca`); `None`:
+    /// plaintext.
+    #[arg(skip)]
+    pub tls: Option<TlsConnector>,
     /// Clients that receive (senders are among them).
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
@@ -133,11 +138,11 @@ pub(super) struct Board {
 struct Clients {
     /// The healthy clients' write halves; the first `senders` send, the
     /// next one (if any) sends the sync and final lines.
-    writers: Vec<OwnedWriteHalf>,
+    writers: Vec<tls::Writer>,
     /// The healthy clients' readers.
     readers: Vec<JoinHandle<()>>,
     /// Clients that never read after their first line.
-    frozen: Vec<TcpStream>,
+    frozen: Vec<Box<dyn tls::Stream>>,
     /// Idle scale-test connections, and how many saw the final broadcast.
     idle: Vec<JoinHandle<()>>,
     idle_reached: Arc<AtomicU64>,
@@ -254,7 +259,7 @@ async fn connect(
         };
         let stream = TcpStream::connect(target).await?;
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        let (r, w) = tls::halves(stream, args.tls.as_ref(), target).await?;
         writers.push(w);
         readers.push(tokio::spawn(clients::receive(
             r,
@@ -267,12 +272,14 @@ async fn connect(
     }
     let mut frozen = Vec::with_capacity(args.frozen);
     for _ in 0..args.frozen {
-        frozen.push(connect_frozen(addr).await?);
+        frozen.push(connect_frozen(addr, args.tls.as_ref()).await?);
     }
     let idle_reached = Arc::new(AtomicU64::new(0));
     let mut idle = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
-        let stream = match TcpStream::connect(addr).await {
+        let dial =
+            async { tls::whole(TcpStream::connect(addr).await?, args.tls.as_ref(), addr).await };
+        let stream = match dial.await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!(
@@ -300,7 +307,10 @@ async fn connect(
 /// A client that reads its first line (so it is registered) and never
 /// again. A small receive buffer: its kernel buffer fills quickly, so the
 /// server's handling of it shows within the run.
-async fn connect_frozen(addr: &str) -> std::io::Result<TcpStream> {
+async fn connect_frozen(
+    addr: &str,
+    tls: Option<&TlsConnector>,
+) -> std::io::Result<Box<dyn tls::Stream>> {
     let target = tokio::net::lookup_host(addr)
         .await?
         .next()
@@ -311,7 +321,7 @@ async fn connect_frozen(addr: &str) -> std::io::Result<TcpStream> {
         tokio::net::TcpSocket::new_v6()?
     };
     sock.set_recv_buffer_size(4096)?;
-    let mut s = sock.connect(target).await?;
+    let mut s = tls::whole(sock.connect(target).await?, tls, addr).await?;
     let mut byte = [0u8; 1];
     let first_line = async {
         while s.read(&mut byte).await? == 1 && byte[0] != b'\n' {}
@@ -332,6 +342,7 @@ async fn settle(board: &Board, clients: &mut Clients, deadline: Instant) -> std:
     .await;
     if let Some(w) = clients.writers.first_mut() {
         w.write_all(b"#sync all joined\n").await?;
+        w.flush().await?;
     }
     let settled = wait_until(&board.sync_notify, deadline, || {
         board.synced.load(Ordering::Acquire) >= listeners
@@ -352,10 +363,10 @@ async fn settle(board: &Board, clients: &mut Clients, deadline: Instant) -> std:
 async fn measure(
     args: &BenchArgs,
     board: &Arc<Board>,
-    sender_writers: Vec<OwnedWriteHalf>,
+    sender_writers: Vec<tls::Writer>,
     tallies: &[Arc<Mutex<Tally>>],
     deadline: Instant,
-) -> (bool, Vec<OwnedWriteHalf>) {
+) -> (bool, Vec<tls::Writer>) {
     let progress = progress_bar(args);
     let mut send_tasks = Vec::new();
     for (i, mut w) in sender_writers.into_iter().enumerate() {
@@ -392,7 +403,7 @@ async fn measure(
 /// Frozen clients: the server should have closed them. Reads what they
 /// were sent until EOF (closed) or a quiet second (still open); returns
 /// how many were closed.
-async fn count_cut(frozen: Vec<TcpStream>) -> u64 {
+async fn count_cut(frozen: Vec<Box<dyn tls::Stream>>) -> u64 {
     let mut cut = 0;
     for mut s in frozen {
         let mut buf = vec![0u8; 64 * 1024];
@@ -418,6 +429,7 @@ async fn reach_idle(clients: &mut Clients, deadline: Instant) -> std::io::Result
     }
     if let Some(w) = clients.writers.first_mut() {
         w.write_all(b"#final broadcast\n").await?;
+        w.flush().await?;
     }
     let n = clients.idle.len() as u64;
     let until = Instant::now()

@@ -1,0 +1,665 @@
+//! TLS end to end: imd with a certificate made at test time (rcgen), imc,
+//! the library client, the scenario runner and `openssl s_client` over it,
+//! and what a plaintext or stalled client on a TLS port gets (nothing, and
+//! no harm to anyone else).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use imchat::client::tls::TlsConnector;
+use imchat::client::{Client, ClientError, Event};
+use imchat::server::tls::Tls;
+use imchat::server::Config;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use regex::Regex;
+
+use crate::support::{imd_command, test_config, TestServer, EXPECT_TIMEOUT};
+
+/// A CA and a server certificate it signed, as PEM files in a tempdir.
+pub struct Certs {
+    _dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Certs {
+    /// A fresh CA, and a server certificate from it valid for `names`
+    /// (IP addresses become IP SANs, the rest DNS names).
+    pub fn new(names: &[&str]) -> Certs {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Each CA its own name, as two real ones would have.
+        static SERIAL: AtomicUsize = AtomicUsize::new(0);
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("imchat test CA {serial}"));
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut leaf = CertificateParams::new(names).unwrap();
+        leaf.distinguished_name.push(DnType::CommonName, "imd");
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        Certs {
+            ca: write("ca.pem", ca.pem()),
+            cert: write("cert.pem", leaf.pem()),
+            key: write("key.pem", key.serialize_pem()),
+            _dir: dir,
+        }
+    }
+
+    /// The listener's settings for these files.
+    pub fn tls(&self) -> Tls {
+        Tls::from_pem_files(&self.cert, &self.key).unwrap()
+    }
+
+    /// A client that trusts this CA only.
+    pub fn connector(&self) -> TlsConnector {
+        TlsConnector::new(Some(&self.ca)).unwrap()
+    }
+
+    /// `--tls --ca FILE`, for imc.
+    pub fn imc_args(&self) -> [String; 3] {
+        ["--tls".into(), "--ca".into(), self.ca.display().to_string()]
+    }
+}
+
+/// An in-process imd speaking TLS with `tls`, other limits as in tests.
+fn tls_server(tls: Tls) -> TestServer {
+    TestServer::with_config(Config {
+        tls: Some(tls),
+        ..test_config()
+    })
+}
+
+/// A library client over TLS, trusting `certs`' CA, renamed to `name`.
+async fn tls_client(server: &TestServer, certs: &Certs, name: &str) -> Client {
+    let addr = server.addr().to_string();
+    let mut c = Client::connect_with(&addr, EXPECT_TIMEOUT, Some(&certs.connector()))
+        .await
+        .unwrap();
+    c.rename(name).await.unwrap();
+    c
+}
+
+/// Waits for an event whose line matches `pattern`; returns the line.
+async fn expect(client: &mut Client, pattern: &str) -> String {
+    let re = Regex::new(pattern).unwrap();
+    let wait = async {
+        loop {
+            let line = match client.next_event().await.unwrap() {
+                Some(Event::Line(l)) => l.encode().trim_end().to_string(),
+                Some(Event::Raw(r)) => r,
+                None => panic!("connection closed waiting for /{pattern}/"),
+            };
+            if re.is_match(&line) {
+                return line;
+            }
+        }
+    };
+    tokio::time::timeout(EXPECT_TIMEOUT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no line matching /{pattern}/"))
+}
+
+/// `imc --tls --ca CA send` reaches a user connected over TLS.
+#[tokio::test]
+async fn imc_send_over_tls_reaches_a_tls_user() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let mut bob = tls_client(&server, &certs, "bob").await;
+    assert!(bob.is_tls());
+    server
+        .imc()
+        .args(certs.imc_args())
+        .args(["--name", "alice", "send", "hello over tls"])
+        .assert()
+        .success();
+    expect(&mut bob, "^<alice> hello over tls$").await;
+}
+
+/// `imc --tls listen` prints what a TLS user says; IMC_TLS and IMC_CA
+/// work like the flags.
+#[tokio::test]
+async fn imc_listen_over_tls_hears_a_tls_user() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let mut bob = tls_client(&server, &certs, "bob").await;
+    let ear = crate::imc::imc_background(&server)
+        .env("IMC_TLS", "1")
+        .env("IMC_CA", &certs.ca)
+        .args(["--name", "ear", "listen", "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    expect(&mut bob, r"^\*\*\* \S+ is now known as ear$").await;
+    bob.say("hi ear").await.unwrap();
+    let out = ear.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout.trim(), "<bob> hi ear");
+}
+
+/// A server certificate from a CA imc does not trust, or one not valid
+/// for the address imc dials, is a connect error (exit 3) saying which,
+/// and nothing is sent.
+#[tokio::test]
+async fn a_bad_certificate_is_a_connect_error_saying_why() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let mut bob = tls_client(&server, &certs, "bob").await;
+
+    let stranger = Certs::new(&["127.0.0.1"]);
+    let out = server
+        .imc()
+        .args(stranger.imc_args())
+        .args(["send", "via the wrong CA"])
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not signed by a CA this client trusts"),
+        "{err}"
+    );
+
+    let elsewhere = Certs::new(&["127.0.0.2", "chat.example.org"]);
+    let server2 = tls_server(elsewhere.tls());
+    let out = server2
+        .imc()
+        .args(elsewhere.imc_args())
+        .args(["send", "to the wrong name"])
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not valid for the address dialled"), "{err}");
+
+    // Nothing of the refused send reached the user on the first server.
+    bob.say("fence").await.unwrap();
+    assert_eq!(bob.who().await.unwrap(), ["bob"]);
+    let events = received(&mut bob).await;
+    assert!(events.iter().all(|e| !e.contains("wrong CA")), "{events:?}");
+}
+
+/// Every event already received, as debug text.
+async fn received(client: &mut Client) -> Vec<String> {
+    let mut events = Vec::new();
+    while let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::ZERO, client.next_event()).await {
+        events.push(format!("{e:?}"));
+    }
+    events
+}
+
+/// A plaintext client on a TLS port learns nothing (no welcome, no
+/// names), never joins, and a TLS user online meanwhile is unaffected.
+#[tokio::test]
+async fn a_plaintext_client_on_a_tls_port_learns_nothing() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let mut bob = tls_client(&server, &certs, "bob").await;
+
+    let mut plain = std::net::TcpStream::connect(server.addr()).unwrap();
+    plain.set_read_timeout(Some(EXPECT_TIMEOUT)).unwrap();
+    plain
+        .write_all(b"rename|mallory\nhello everyone\nwho\n")
+        .unwrap();
+    let mut got = Vec::new();
+    // The server closes the connection (after at most a TLS alert).
+    let _ = plain.read_to_end(&mut got);
+    let seen = String::from_utf8_lossy(&got);
+    assert!(!seen.contains("welcome"), "{seen:?}");
+    assert!(!seen.contains("bob"), "{seen:?}");
+    assert!(got.len() < 16, "more than an alert: {got:?}");
+
+    bob.say("still here").await.unwrap();
+    assert_eq!(
+        bob.who().await.unwrap(),
+        ["bob"],
+        "the plaintext client never joined"
+    );
+    let events = received(&mut bob).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| !e.contains("mallory") && !e.contains("hello everyone")),
+        "{events:?}"
+    );
+}
+
+/// A connection that never sends a ClientHello does not stop anyone else
+/// from connecting: the handshake runs in the connection's own task.
+#[tokio::test]
+async fn a_stalled_handshake_does_not_block_accepts() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    // Long enough that an accept loop waiting for it would never get on.
+    let server = tls_server(
+        certs
+            .tls()
+            .with_handshake_timeout(Duration::from_secs(3600)),
+    );
+    let _staller = std::net::TcpStream::connect(server.addr()).unwrap();
+    let mut bob = tls_client(&server, &certs, "bob").await;
+    assert_eq!(bob.who().await.unwrap(), ["bob"]);
+}
+
+/// A handshake that does not finish in time is given up: the connection
+/// is closed and its slot given back (the server has only one).
+#[tokio::test]
+async fn a_stalled_handshake_times_out_and_gives_its_slot_back() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = TestServer::with_config(Config {
+        tls: Some(
+            certs
+                .tls()
+                .with_handshake_timeout(Duration::from_millis(100)),
+        ),
+        max_connections: 1,
+        ..test_config()
+    });
+    let mut staller = std::net::TcpStream::connect(server.addr()).unwrap();
+    staller.set_read_timeout(Some(EXPECT_TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    let closed = staller.read_to_end(&mut got);
+    assert!(closed.is_ok(), "still open: {closed:?}");
+    assert!(got.is_empty(), "{got:?}");
+    let mut bob = tls_client(&server, &certs, "bob").await;
+    assert_eq!(bob.who().await.unwrap(), ["bob"]);
+}
+
+/// The imd binary: --tls-cert and --tls-key from the environment work;
+/// one without the other, or files that are not a certificate and key,
+/// are usage errors (exit 2) that say what is wrong.
+#[tokio::test]
+async fn imd_tls_flags_and_their_errors() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+    let server = TestServer::start_binary_env(&[], &[("IMD_TLS_CERT", cert), ("IMD_TLS_KEY", key)]);
+    let mut bob = tls_client(&server, &certs, "bob").await;
+    server
+        .imc()
+        .args(certs.imc_args())
+        .args(["--name", "alice", "send", "from the binary"])
+        .assert()
+        .success();
+    expect(&mut bob, "^<alice> from the binary$").await;
+
+    let usage = |args: &[&str], says: &str| {
+        // Bounded: an imd that took these flags would listen for ever.
+        let out = assert_cmd::Command::from_std(imd_command())
+            .args(["--ip", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .timeout(Duration::from_secs(30))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} listened");
+    };
+    usage(&["--tls-cert", cert], "--tls-key");
+    usage(&["--tls-key", key], "--tls-cert");
+    usage(
+        &["--tls-cert", "/nonexistent.pem", "--tls-key", key],
+        "cannot read /nonexistent.pem",
+    );
+    usage(
+        &["--tls-cert", key, "--tls-key", key],
+        "no certificate in it",
+    );
+    usage(
+        &["--tls-cert", cert, "--tls-key", cert],
+        "no private key in it",
+    );
+    let other = Certs::new(&["127.0.0.1"]);
+    let other_key = other.key.to_str().unwrap();
+    usage(
+        &["--tls-cert", cert, "--tls-key", other_key],
+        "cannot use the certificate and key",
+    );
+}
+
+/// `openssl s_client` (a TLS client that is not ours) connects, sends a
+/// line and receives the broadcast of it and of another user's line.
+/// Skipped, saying so, where the `openssl` binary is missing.
+#[tokio::test]
+async fn openssl_s_client_can_chat() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIP openssl_s_client_can_chat: no `openssl` binary on PATH");
+        return;
+    }
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let mut bob = tls_client(&server, &certs, "bob").await;
+    let mut s_client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-CAfile"])
+        .arg(&certs.ca)
+        .arg("-connect")
+        .arg(server.addr().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = s_client.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = BufReader::new(s_client.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |want: &str| loop {
+        let line = rx.recv_timeout(EXPECT_TIMEOUT).unwrap_or_else(|e| {
+            panic!("s_client: nothing matching {want:?}: {e}");
+        });
+        if line.contains(want) {
+            return line;
+        }
+    };
+    next("*** welcome, you are ");
+    stdin.write_all(b"rename|ossl\nhi from openssl\n").unwrap();
+    next("ok rename: you are now ossl");
+    next("<ossl> hi from openssl");
+    expect(&mut bob, "^<ossl> hi from openssl$").await;
+    bob.say("hi back").await.unwrap();
+    next("<bob> hi back");
+    // Killed, it closes its socket without TLS's close_notify: that is
+    // leaving, as on a plaintext port, not a connection error.
+    let _ = s_client.kill();
+    let _ = s_client.wait();
+    drop(stdin);
+    let gone = expect(&mut bob, r"^\*\*\* ossl is offline").await;
+    assert_eq!(gone, "*** ossl is offline (quit)");
+}
+
+/// A plaintext connection to a TLS port is not a crash or a hang for the
+/// client either: the library reports a connect error.
+#[tokio::test]
+async fn tls_client_to_a_plaintext_port_says_so() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = TestServer::start();
+    let addr = server.addr().to_string();
+    let err = Client::connect_with(&addr, EXPECT_TIMEOUT, Some(&certs.connector()))
+        .await
+        .unwrap_err();
+    match err {
+        ClientError::Connect { source, .. } => {
+            assert!(
+                source.to_string().contains("does not speak TLS"),
+                "{source}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The scenario files that need imd's own flags, and `server shuts down`,
+/// pass over TLS too: imd started with the file's flags and a
+/// certificate, the runner connecting with `Target::tls`. `too_slow`
+/// checks that a TLS reader that stops reading is cut like a plaintext
+/// one (the TLS writer's socket questions); `shutdown` that the goodbye
+/// line is flushed through TLS before the close.
+#[test]
+fn flagged_scenarios_pass_over_tls() {
+    use imchat::client::scenario::{self, Scenario, Target};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for stem in [
+        "too_slow",
+        "framing_flood",
+        "framing_too_long",
+        "presence_limit",
+        "shutdown",
+    ] {
+        let path = dir.join(format!("{stem}.chat"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let s = Scenario::parse(stem, &text).unwrap();
+        let certs = Certs::new(&["127.0.0.1"]);
+        let mut args: Vec<&str> = s.imd_args.iter().map(String::as_str).collect();
+        let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+        args.extend(["--tls-cert", cert, "--tls-key", key]);
+        let mut srv = TestServer::start_binary(&args);
+        let target = Target {
+            addr: srv.addr().to_string(),
+            stop: Some(Box::new(move || {
+                let status = srv.terminate();
+                status
+                    .success()
+                    .then_some(())
+                    .ok_or_else(|| format!("imd exited with {status}"))
+            })),
+            started_with_flags: true,
+            tls: Some(certs.connector()),
+        };
+        let outcome = rt.block_on(scenario::run_on(&s, target, Duration::from_secs(5)));
+        assert!(
+            outcome.passed(),
+            "{stem}: {:?} {:?}\n{}",
+            outcome.failure,
+            outcome.skipped,
+            outcome.transcript
+        );
+    }
+}
+
+/// `imc --tls --ca CA scenario FILE...` runs the scenario files that need
+/// no flags of imd's against a TLS server, and they pass.
+#[test]
+fn imc_scenario_over_tls() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let files = [
+        "v07_whisper.chat",
+        "commands_are_exact.chat",
+        "framing_line_endings.chat",
+    ];
+    let out = server
+        .imc()
+        .args(certs.imc_args())
+        .arg("scenario")
+        .args(files.iter().map(|f| dir.join(f)))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("PASS ").count(), files.len(), "{stdout}");
+}
+
+/// A refused connection on a TLS port (server full) gets no plaintext
+/// line, which a TLS client would read as a broken handshake: it is
+/// closed, and imc says the server closed it during the handshake.
+#[test]
+fn a_refusal_on_a_tls_port_is_a_close() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = TestServer::with_config(Config {
+        tls: Some(certs.tls()),
+        max_connections: 1,
+        ..test_config()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _bob = rt.block_on(tls_client(&server, &certs, "bob"));
+    let mut plain = std::net::TcpStream::connect(server.addr()).unwrap();
+    plain.set_read_timeout(Some(EXPECT_TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    let out = server
+        .imc()
+        .args(certs.imc_args())
+        .args(["who"])
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("closed the connection during the handshake"),
+        "{err}"
+    );
+}
+
+/// `imc --tls --ca CA bench` (closed loop) over TLS: every message reaches
+/// every client, and idle TLS connections see the final broadcast. (A
+/// TLS reader that stops reading is cut: `too_slow` in
+/// [`flagged_scenarios_pass_over_tls`].)
+#[test]
+fn imc_bench_over_tls_delivers_everything() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let out = server
+        .imc()
+        .args(certs.imc_args())
+        .args([
+            "bench",
+            "--clients",
+            "4",
+            "--senders",
+            "2",
+            "--messages",
+            "300",
+        ])
+        .args([
+            "--size",
+            "2000",
+            "--window",
+            "16",
+            "--connections",
+            "3",
+            "--json",
+        ])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["deliveries"], 2 * 300 * 4, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["connections_reached"], 3, "{report}");
+    assert_eq!(report["stalled"], false, "{report}");
+}
+
+/// A redis-server that speaks TLS only, on `port`, with `certs`' server
+/// certificate. Killed on drop.
+struct TlsRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    /// Starts one, or `None` (saying why) where redis-server lacks TLS.
+    /// Ready once its log says so; a port taken meanwhile is tried again.
+    fn start(certs: &Certs) -> Option<TlsRedis> {
+        for _ in 0..10 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(&certs.cert)
+                .arg("--tls-key-file")
+                .arg(&certs.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&certs.ca)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (Debian: apt-get install redis-server)");
+            let mut log = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut said = String::new();
+            let ready = log.by_ref().map_while(Result::ok).any(|line| {
+                said.push_str(&line);
+                said.push('\n');
+                line.contains("Ready to accept connections")
+            });
+            if ready {
+                // Keep reading its log, so that it never blocks on it.
+                std::thread::spawn(move || log.for_each(drop));
+                return Some(TlsRedis { port, child });
+            }
+            let _ = child.wait();
+            if said.contains("in use") {
+                continue;
+            }
+            // A redis-server built without TLS rejects the directive.
+            if said.contains("tls-port") {
+                eprintln!("SKIP: this redis-server has no TLS:\n{said}");
+                return None;
+            }
+            panic!("redis-server did not start:\n{said}");
+        }
+        panic!("redis-server with TLS found no free port");
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two nodes linked through Redis over TLS (`--redis rediss://...`, the
+/// CA given to rustls-native-certs by SSL_CERT_FILE): a line said on one
+/// reaches a user on the other. Trusting another CA, the link's
+/// certificate check fails and imd exits 1 saying it cannot reach Redis.
+#[tokio::test]
+async fn cluster_links_over_rediss() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let Some(redis) = TlsRedis::start(&certs) else {
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let ca = certs.ca.to_str().unwrap();
+    let node = || TestServer::start_binary_env(&["--redis", &url], &[("SSL_CERT_FILE", ca)]);
+    let (one, two) = (node(), node());
+    let mut alice = one.client("alice");
+    let mut bob = two.client("bob");
+    alice.expect(r"^\*\*\* \S+ is now known as bob$");
+    alice.send("across over tls");
+    bob.expect("^<alice> across over tls$");
+
+    let stranger = Certs::new(&["127.0.0.1"]);
+    let out = imd_command()
+        .args(["--ip", "127.0.0.1", "--port", "0", "--redis", &url])
+        .env("SSL_CERT_FILE", &stranger.ca)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach redis at rediss://"), "{err}");
+    assert!(out.stdout.is_empty());
+}
