@@ -557,7 +557,9 @@ mod server_tests {
     async fn connect_and_rename() {
         let (addr, _hub) = server().await;
         let mut a = client(&addr).await;
-        assert_eq!(a.name(), a.writer.local_addr().unwrap().to_string());
+        assert!(a.name().starts_with("127.0.0.1:"), "{}", a.name());
+        let me = a.name().to_string();
+        assert_eq!(within(a.who()).await.unwrap(), [me], "the welcome's name");
         assert_eq!(a.peer_addr().unwrap().to_string(), addr);
         within(a.rename("alice")).await.unwrap();
         assert_eq!(a.name(), "alice");
