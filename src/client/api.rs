@@ -16,7 +16,8 @@
 //! the same step. So when [`Client::say`] returns, every online user has been
 //! sent the message.
 //!
-//! (Over 400 lines: about 80 of them are tests against a scripted server.)
+//! (Over 400 lines: about 280 of them are tests, against a scripted server
+//! and against the real server's sessions.)
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -511,5 +512,210 @@ mod tests {
         c.ignore_events();
         c.who().await.unwrap();
         assert!(c.events.is_empty());
+    }
+}
+
+/// Every request against the real server's sessions (in this process, on
+/// 127.0.0.1:0, with the hub in the test's hands), each reply and refusal
+/// checked. Written for mutation testing (tests/README.md, "Mutation
+/// testing"): the `imc` tests cover the same paths only through the binary.
+#[cfg(test)]
+mod server_tests {
+    use super::*;
+    use crate::server::connection::serve;
+    use crate::server::hub::Hub;
+    use crate::server::Config;
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A server whose hub the test can look at.
+    async fn server() -> (String, Arc<Hub>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hub = Hub::new(Config::default(), None);
+        let h = hub.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, peer) = listener.accept().await.unwrap();
+                let (r, w) = s.into_split();
+                tokio::spawn(serve(r, w, peer, h.clone(), CancellationToken::new()));
+            }
+        });
+        (addr, hub)
+    }
+
+    async fn client(addr: &str) -> Client {
+        Client::connect(addr, WAIT).await.unwrap()
+    }
+
+    /// `f`, or a failure if it takes longer than [`WAIT`] (a reply that
+    /// is never recognised).
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(WAIT, f)
+            .await
+            .expect("answered in time")
+    }
+
+    fn code(r: Result<(), ClientError>) -> ErrorCode {
+        match r {
+            Err(ClientError::Refused { code, .. }) => code,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    fn unsendable(r: Result<(), ClientError>) -> Unsendable {
+        match r {
+            Err(ClientError::Unsendable(u)) => u,
+            other => panic!("sent: {other:?}"),
+        }
+    }
+
+    /// The next event that is not a presence notice.
+    async fn next_message(c: &mut Client) -> Event {
+        loop {
+            match within(c.next_event()).await.unwrap().expect("open") {
+                Event::Line(
+                    ServerLine::Joined { .. }
+                    | ServerLine::Left { .. }
+                    | ServerLine::NameChanged { .. },
+                ) => continue,
+                e => return e,
+            }
+        }
+    }
+
+    /// The welcome names the client; renames are confirmed or refused with
+    /// the server's code; a name with a line break is not sent.
+    #[tokio::test]
+    async fn connect_and_rename() {
+        let (addr, _hub) = server().await;
+        let mut a = client(&addr).await;
+        assert!(a.name().starts_with("127.0.0.1:"), "{}", a.name());
+        let me = a.name().to_string();
+        assert_eq!(within(a.who()).await.unwrap(), [me], "the welcome's name");
+        assert_eq!(a.peer_addr().unwrap().to_string(), addr);
+        within(a.rename("alice")).await.unwrap();
+        assert_eq!(a.name(), "alice");
+        let mut b = client(&addr).await;
+        assert_eq!(code(within(b.rename("alice")).await), ErrorCode::NameTaken);
+        assert_eq!(code(within(b.rename("x|y")).await), ErrorCode::BadName);
+        assert_eq!(
+            unsendable(b.rename("x\ny").await),
+            Unsendable::NameLineBreak("x\ny".into())
+        );
+        within(b.rename("bob")).await.unwrap();
+        assert_eq!(within(a.who()).await.unwrap(), ["alice", "bob"]);
+    }
+
+    /// `say` returns on our own line coming back, keeping another user's
+    /// line that came first as an event; what the server refuses or would
+    /// never echo is an error.
+    #[tokio::test]
+    async fn say_waits_for_its_own_line() {
+        let (addr, _hub) = server().await;
+        let mut a = client(&addr).await;
+        let mut b = client(&addr).await;
+        within(a.rename("alice")).await.unwrap();
+        within(b.rename("bob")).await.unwrap();
+        within(b.say("first")).await.unwrap();
+        within(a.say("second")).await.unwrap();
+        let public = |from: &str, text: &str| {
+            Event::Line(ServerLine::Public {
+                from: from.into(),
+                text: text.into(),
+            })
+        };
+        assert_eq!(next_message(&mut a).await, public("bob", "first"));
+        assert_eq!(next_message(&mut b).await, public("alice", "second"));
+        assert_eq!(
+            code(within(a.say(&"x".repeat(5000))).await),
+            ErrorCode::TooLong
+        );
+        assert_eq!(
+            unsendable(a.say("who").await),
+            Unsendable::Command("who".into())
+        );
+        assert_eq!(unsendable(a.say("  ").await), Unsendable::Empty);
+        assert_eq!(unsendable(a.say("a\rb").await), Unsendable::LineBreak);
+    }
+
+    /// A whisper is confirmed and reaches its target; nobody by that name
+    /// is refused by the server; a name no user can have is not sent.
+    #[tokio::test]
+    async fn whisper_is_confirmed_or_refused() {
+        let (addr, _hub) = server().await;
+        let mut a = client(&addr).await;
+        let mut b = client(&addr).await;
+        within(b.rename("bob")).await.unwrap();
+        within(a.whisper("bob", "psst")).await.unwrap();
+        let private = ServerLine::Private {
+            from: a.name().into(),
+            text: "psst".into(),
+        };
+        assert_eq!(next_message(&mut b).await, Event::Line(private));
+        assert_eq!(
+            code(within(a.whisper("nobody", "x")).await),
+            ErrorCode::NoSuchUser
+        );
+        for to in ["", "a|b", "a\nb"] {
+            assert_eq!(
+                unsendable(a.whisper(to, "x").await),
+                Unsendable::NoSuchName(to.into())
+            );
+        }
+    }
+
+    /// Events already waiting are cut down to the newest `n`, the rest
+    /// counted as dropped.
+    #[tokio::test]
+    async fn keep_at_most_drops_the_oldest_waiting_events() {
+        let (addr, _hub) = server().await;
+        let mut a = client(&addr).await;
+        let mut b = client(&addr).await;
+        for t in ["1", "2", "3", "4"] {
+            within(b.say(t)).await.unwrap();
+        }
+        within(a.who()).await.unwrap(); // b's lines are waiting now
+        let waiting = a.events.len();
+        assert!(waiting >= 4, "{waiting} events");
+        a.keep_at_most(1);
+        assert_eq!(a.dropped_events(), waiting as u64 - 1);
+        let four = ServerLine::Public {
+            from: b.name().into(),
+            text: "4".into(),
+        };
+        assert_eq!(a.events.iter().collect::<Vec<_>>(), [&Event::Line(four)]);
+    }
+
+    /// `close` returns once the server has let the user go.
+    #[tokio::test]
+    async fn close_waits_for_the_server() {
+        let (addr, hub) = server().await;
+        let a = client(&addr).await;
+        let b = client(&addr).await;
+        assert_eq!(hub.len(), 2);
+        within(a.close(WAIT)).await;
+        assert_eq!(hub.len(), 1, "the server let the user go first");
+        drop(b);
+    }
+
+    /// A server that refuses the connection (here: full) is an error with
+    /// its code, not a welcome.
+    #[tokio::test]
+    async fn a_refusal_instead_of_the_welcome_is_an_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"error server-full: too many connections\n")
+                .await
+                .unwrap();
+        });
+        match Client::connect(&addr, WAIT).await {
+            Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::ServerFull),
+            other => panic!("{other:?}"),
+        }
     }
 }

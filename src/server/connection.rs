@@ -36,7 +36,7 @@
 //! The handler is generic over the read and write halves so it can be driven
 //! by a TCP socket or, in unit tests, by `tokio_test::io` mocks.
 //!
-//! (Over 400 lines: about 200 of them are those unit tests, which drive
+//! (Over 400 lines: about 260 of them are those unit tests, which drive
 //! whole sessions, the memory storm included, through in-memory sockets.)
 
 use std::net::SocketAddr;
@@ -662,5 +662,65 @@ mod tests {
         let stop = CancellationToken::new();
         stop.cancel();
         serve(reader, writer, addr, hub(), stop).await;
+    }
+}
+
+/// Orders and sizes that mutation testing (tests/README.md, "Mutation
+/// testing") found no test for.
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+    use crate::server::Config;
+    use tokio::io::AsyncReadExt;
+
+    /// Serves one session that reads `input` (in reads of `read_size`
+    /// bytes) and then ends, and returns everything written to it.
+    async fn session(config: Config, input: &[u8], read_size: usize) -> String {
+        let mut reader = tokio_test::io::Builder::new();
+        for chunk in input.chunks(read_size) {
+            reader.read(chunk);
+        }
+        let (w, mut seen) = tokio::io::duplex(1 << 20);
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let hub = Hub::new(config, None);
+        let served = serve(reader.build(), w, addr, hub, CancellationToken::new());
+        let mut out = Vec::new();
+        let (_, read) = tokio::join!(served, seen.read_to_end(&mut out));
+        read.unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Public lines batched from one read go out before a command that
+    /// follows them in that read is answered, and after the ones before.
+    #[tokio::test]
+    async fn public_lines_and_commands_of_one_read_keep_their_order() {
+        let input = b"one\nwho\ntwo\nto|nobody|x\nthree\n";
+        let out = session(Config::default(), input, input.len()).await;
+        let lines: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(
+            lines,
+            [
+                "<127.0.0.1:4000> one",
+                "who 127.0.0.1:4000",
+                "ok who: 1 online",
+                "<127.0.0.1:4000> two",
+                "error no-such-user: no user named 'nobody' is online",
+                "<127.0.0.1:4000> three",
+            ]
+        );
+    }
+
+    /// A line longer than the biggest read buffer, arriving in many reads,
+    /// is kept whole: a buffer holding part of a line is never dropped.
+    #[tokio::test]
+    async fn a_line_longer_than_the_read_buffer_arrives_whole() {
+        let config = Config {
+            max_line: 64 * 1024,
+            ..Config::default()
+        };
+        let text = "x".repeat(40_000);
+        let out = session(config, format!("{text}\n").as_bytes(), 1000).await;
+        let lines: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(lines, [format!("<127.0.0.1:4000> {text}")]);
     }
 }
