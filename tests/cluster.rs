@@ -259,3 +259,109 @@ fn graceful_node_shutdown_tells_the_other_nodes() {
     again.send("rename|bob");
     again.expect_next("^ok rename: you are now bob$");
 }
+
+/// Redis slow on this node's publishes (frozen with SIGSTOP, for at most
+/// 1 s: imd gives up on a Redis reply after 2 s): once the publish queue
+/// (`--cluster-queue-bytes`, 1 MiB here) is over half full, the node reads
+/// no more of alice's flood until Redis catches up, instead of reading on
+/// and dropping what does not fit; afterwards bob, on the other node, gets
+/// every line in order. Node one runs on one worker thread, so a sender
+/// that waited by spinning instead of sleeping would stall the node (and
+/// its publisher) for good.
+#[test]
+fn a_sender_waits_while_redis_is_behind() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    const LINES: usize = 4000;
+    const QUEUE: usize = 1024 * 1024;
+    let redis = RedisServer::start();
+    let n1 = TestServer::start_binary_env(
+        &[
+            "--redis",
+            &redis.url(),
+            "--cluster-ttl",
+            "30",
+            "--idle-timeout",
+            "0",
+            "--cluster-queue-bytes",
+            &QUEUE.to_string(),
+        ],
+        &[("TOKIO_WORKER_THREADS", "1")],
+    );
+    let n2 = TestServer::start_binary(&[
+        "--redis",
+        &redis.url(),
+        "--cluster-ttl",
+        "30",
+        "--idle-timeout",
+        "0",
+        "--queue-bytes",
+        &(16 * QUEUE).to_string(),
+    ]);
+    let mut bob = n2.client("bob");
+    let line = |i: usize| format!("line {i:05} {}", "x".repeat(990));
+
+    // alice: a raw socket, so that one thread can write the flood while
+    // another reads her own lines back (each one read back is one the node
+    // has read from her and queued for Redis).
+    let alice = std::net::TcpStream::connect(n1.addr()).unwrap();
+    let mut reader = BufReader::new(alice.try_clone().unwrap());
+    let mut writer = alice;
+    writer.write_all(b"rename|alice\n").unwrap();
+    let mut got = String::new();
+    while !got.starts_with("ok rename") {
+        got.clear();
+        assert!(reader.read_line(&mut got).unwrap() > 0, "node one closed");
+    }
+    bob.expect(r"is now known as alice$");
+    let (echoed_tx, echoed) = mpsc::channel();
+    let echo_reader = std::thread::spawn(move || {
+        let mut got = String::new();
+        let mut n = 0;
+        while n < LINES {
+            got.clear();
+            if reader.read_line(&mut got).unwrap() == 0 {
+                break;
+            }
+            if got.starts_with("<alice> line ") {
+                n += 1;
+                let _ = echoed_tx.send(n);
+            }
+        }
+        n
+    });
+
+    redis.pause();
+    let flood = std::thread::spawn(move || {
+        let mut all = String::with_capacity(LINES * 1001);
+        for i in 0..LINES {
+            all.push_str(&line(i));
+            all.push('\n');
+        }
+        writer.write_all(all.as_bytes()).unwrap();
+        writer
+    });
+    // Resume Redis once the node has read the whole flood (it was not held
+    // back) or after 1 s (well under imd's 2 s wait for a reply).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut read_while_paused = 0;
+    while read_while_paused < LINES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match echoed.recv_timeout(left) {
+            Ok(n) => read_while_paused = n,
+            Err(_) => break,
+        }
+    }
+    redis.resume();
+    assert!(
+        read_while_paused < LINES,
+        "node one read all {LINES} lines (4 MB) while its 1 MiB publish queue was stuck"
+    );
+    for i in 0..LINES {
+        assert_eq!(bob.next_line(), format!("<alice> {}", line(i)));
+    }
+    assert_eq!(echo_reader.join().unwrap(), LINES);
+    drop(flood.join().unwrap());
+}

@@ -93,6 +93,12 @@ struct Args {
     /// how soon a killed node's users leave `who`.
     #[arg(long, env = "IMD_CLUSTER_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     cluster_ttl: u64,
+    /// Bytes of lines this node may have waiting to be published to Redis.
+    /// While Redis is slow and more than half of this is waiting, this
+    /// node's senders are held back (their next lines are read once it
+    /// drains); a line that would pass it is not sent to other nodes.
+    #[arg(long, env = "IMD_CLUSTER_QUEUE_BYTES", value_name = "BYTES", default_value_t = imchat::server::cluster::OUT_QUEUE_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..))]
+    cluster_queue_bytes: u64,
     /// Registered names: a file of `NAME:HASH` lines (HASH from `imd
     /// hash-password`; `#` comments and blank lines allowed). Those names
     /// are taken with `login|NAME|PASSWORD` only. Read again on SIGHUP
@@ -219,6 +225,7 @@ async fn main() -> ExitCode {
             let cc = ClusterConfig {
                 url: url.clone(),
                 ttl: Duration::from_secs(args.cluster_ttl),
+                queue_bytes: args.cluster_queue_bytes as usize,
             };
             match Cluster::connect(cc, &addr.to_string()).await {
                 Ok(c) => Some(c),

@@ -654,6 +654,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP to its own PID): to clients, Redis is
+    /// there but answers nothing, as a Redis that is very slow. Undone by
+    /// [`RedisServer::resume`]; a frozen server is still killed on drop.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [paused](RedisServer::pause) server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid} failed");
+    }
+
     /// Starts it again, empty, on the same socket (and a fresh TCP port).
     /// Redis cannot pick its own port, so this picks a free one and tries
     /// again if another process took it before Redis could bind it.

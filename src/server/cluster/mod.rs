@@ -53,7 +53,8 @@ pub trait LocalNode: Send + Sync + 'static {
     fn names(&self) -> Vec<String>;
 }
 
-/// Cluster settings, from `imd --redis URL --cluster-ttl SECS`.
+/// Cluster settings, from `imd --redis URL --cluster-ttl SECS
+/// --cluster-queue-bytes BYTES`.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// `redis://HOST:PORT`.
@@ -62,6 +63,12 @@ pub struct ClusterConfig {
     /// how long a killed node's users stay in `who`. 10 s by default: long
     /// enough to ride out a pause, short enough for users to trust `who`.
     pub ttl: Duration,
+    /// Bound of this node's publish queue in bytes ([`OUT_QUEUE_BYTES`] by
+    /// default): past half of it senders are held back, and a line that
+    /// would pass it is not sent to other nodes. A setting so that an
+    /// operator can trade memory for riding out a slower Redis, and so that
+    /// a test can back the queue up without pushing 32 MiB through it.
+    pub queue_bytes: usize,
 }
 
 /// Why the cluster could not start.
@@ -133,6 +140,7 @@ impl Cluster {
             .unwrap_or(0);
         let node = format!("{label}/{}/{nonce:08x}", std::process::id());
         let (out, out_rx) = mpsc::unbounded_channel();
+        let pending = Pending::new(config.queue_bytes);
         let cluster = Arc::new(Cluster {
             node,
             config,
@@ -140,7 +148,7 @@ impl Cluster {
             conn,
             out,
             out_rx: std::sync::Mutex::new(Some(out_rx)),
-            pending: Pending::new(OUT_QUEUE_BYTES),
+            pending,
             healthy: AtomicBool::new(false),
             published: AtomicU64::new(0),
             initial: std::sync::Mutex::new(None),
