@@ -596,6 +596,8 @@ mod server_tests {
         let me = a.name().to_string();
         assert_eq!(within(a.who()).await.unwrap(), [me], "the welcome's name");
         assert_eq!(a.peer_addr().unwrap().to_string(), addr);
+        // What `imc login` checks before sending a password off loopback.
+        assert!(!a.is_tls(), "a plain TCP connection is not TLS");
         within(a.rename("alice")).await.unwrap();
         assert_eq!(a.name(), "alice");
         let mut b = client(&addr).await;
