@@ -558,6 +558,91 @@ fn imc_bench_over_tls_delivers_everything() {
     assert_eq!(report["stalled"], false, "{report}");
 }
 
+/// The open-loop fan-out bench over TLS: `imc --tls --ca bench
+/// --subscribers` against an imd that speaks only TLS (a plaintext bench
+/// gets no welcome and never starts), so every delivery counted went
+/// through a TLS session; the probe's new clients answered over TLS too.
+#[test]
+fn imc_fanout_bench_over_tls_delivers_everything() {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let out = server
+        .imc()
+        .args(certs.imc_args())
+        .args(["bench", "--subscribers", "5", "--publishers", "2"])
+        .args(["--rate", "40", "--duration", "1", "--drain-timeout", "30"])
+        .arg("--json")
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["proto"], "imd", "{report}");
+    assert_eq!(report["messages_sent"], 2 * 40, "{report}");
+    assert_eq!(report["deliveries"], 2 * 40 * 5, "{report}");
+    assert_eq!(report["delivered_pct"], 100.0, "{report}");
+    assert_eq!(report["disconnected"], 0, "{report}");
+    assert_eq!(report["publishers_disconnected"], 0, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["corrupted"], 0, "{report}");
+    assert_eq!(report["probes_failed"], 0, "{report}");
+    assert_eq!(report["stalled"], false, "{report}");
+}
+
+/// The fan-out bench's TLS is TLS from the first byte, which NATS does not
+/// speak (it sends INFO in plaintext first): refused as bad input before
+/// any connection.
+#[tokio::test]
+async fn fanout_over_tls_refuses_nats() {
+    use imchat::client::bench::fanout::{self, FanoutArgs, Proto};
+    let certs = Certs::new(&["127.0.0.1"]);
+    let args = FanoutArgs {
+        tls: Some(certs.connector()),
+        rate: 10.0,
+        ..FanoutArgs::default()
+    };
+    // Nothing listens here: an attempt to connect would be another error.
+    let err = fanout::open_loop("127.0.0.1:1", Proto::Nats, &args)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("NATS"), "{err}");
+}
+
+/// The fan-out bench against a Redis that speaks only TLS (`--tls-port`):
+/// everything is delivered (skipped where redis-server has no TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_tls_to_redis_delivers_everything() {
+    use imchat::client::bench::fanout::{self, FanoutArgs, Proto};
+    let certs = Certs::new(&["127.0.0.1"]);
+    let Some(redis) = TlsRedis::start(&certs) else {
+        return;
+    };
+    let args = FanoutArgs {
+        tls: Some(certs.connector()),
+        subscribers: 5,
+        rate: 40.0,
+        duration: 1.0,
+        drain_timeout: 30.0,
+        ..FanoutArgs::default()
+    };
+    let r = fanout::open_loop(&format!("127.0.0.1:{}", redis.port), Proto::Redis, &args)
+        .await
+        .unwrap();
+    assert_eq!(r.messages_sent, 40, "{}", r.human());
+    assert_eq!(r.deliveries, 40 * 5, "{}", r.human());
+    assert_eq!(r.delivered_pct, 100.0, "{}", r.human());
+    assert_eq!(
+        r.disconnected + r.publishers_disconnected,
+        0,
+        "{}",
+        r.human()
+    );
+    assert_eq!(r.probes_failed, 0, "{}", r.human());
+    assert!(!r.stalled, "{}", r.human());
+}
+
 /// A redis-server that speaks TLS only, on `port`, with `certs`' server
 /// certificate. Killed on drop.
 struct TlsRedis {

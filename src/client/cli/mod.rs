@@ -367,13 +367,11 @@ async fn bench(args: &Args, cmd: &BenchCmd) -> Result<(), CliError> {
     let addr = SocketAddr::new(args.ip, args.port).to_string();
     let tls = tls_connector(args).map_err(CliError::Usage)?;
     if let Some(fan) = cmd.fanout() {
-        if tls.is_some() {
-            return Err(CliError::Usage(
-                "the fan-out bench (--subscribers) has no TLS yet; the closed-loop bench (without --subscribers) has"
-                    .into(),
-            ));
-        }
-        return bench_fanout(&addr, &fan).await;
+        return bench_fanout(
+            &addr,
+            &crate::client::bench::fanout::FanoutArgs { tls, ..fan },
+        )
+        .await;
     }
     let opts = &crate::client::bench::BenchArgs {
         tls,
@@ -399,7 +397,8 @@ async fn bench(args: &Args, cmd: &BenchCmd) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `imc bench --subscribers`: the open-loop fan-out run against imd.
+/// `imc bench --subscribers`: the open-loop fan-out run against imd (over
+/// TLS with `--tls`).
 async fn bench_fanout(
     addr: &str,
     opts: &crate::client::bench::fanout::FanoutArgs,

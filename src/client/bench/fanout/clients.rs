@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::super::common::{bench_line, micros, parse_bench};
+use super::dial::Dial;
 use super::{Counters, Proto, Tally};
 
 /// Calls `f` with each complete line of `buf` (a trailing `\r` removed) and
@@ -67,12 +67,11 @@ pub(super) const SYNC_PAYLOAD: &[u8] = b"#sync all subscribed";
 /// One subscriber: sends the handshake, then reads and tallies until the
 /// server closes the connection (or the task is aborted).
 pub(super) async fn subscriber(
-    stream: TcpStream,
+    (mut r, mut w): (impl AsyncRead + Unpin, impl AsyncWrite + Unpin),
     hello: Arc<[u8]>,
     tally: Arc<Mutex<Tally>>,
     shared: Arc<Counters>,
 ) {
-    let (mut r, mut w) = stream.into_split();
     let proto = shared.proto;
     let expected = shared.per_publisher * shared.publishers as u64;
     let mut buf = vec![0u8; 64 * 1024];
@@ -80,7 +79,7 @@ pub(super) async fn subscriber(
     let mut ready = false;
     let mut synced = false;
     let mut done = false;
-    let ok = hello.is_empty() || w.write_all(&hello).await.is_ok();
+    let ok = hello.is_empty() || (w.write_all(&hello).await.is_ok() && w.flush().await.is_ok());
     loop {
         if filled == buf.len() {
             // A line longer than the buffer: not ours; drop it.
@@ -162,6 +161,9 @@ pub(super) async fn subscriber(
         for _ in 0..pings {
             let _ = w.write_all(b"PONG\r\n").await;
         }
+        if pings > 0 {
+            let _ = w.flush().await;
+        }
     }
 }
 
@@ -169,6 +171,7 @@ pub(super) async fn subscriber(
 /// connection that asks [`Proto::probe`]'s question. Returns each probe's
 /// answer time in ms, `None` for no answer within 5 s.
 pub(super) async fn probe_loop(
+    dial: impl Dial,
     addr: String,
     proto: Proto,
     stop: tokio_util::sync::CancellationToken,
@@ -181,18 +184,25 @@ pub(super) async fn probe_loop(
             _ = tick.tick() => {}
         }
         let t0 = Instant::now();
-        let answered = tokio::time::timeout(Duration::from_secs(5), probe_once(&addr, proto)).await;
+        let answered =
+            tokio::time::timeout(Duration::from_secs(5), probe_once(&dial, &addr, proto)).await;
         times.push(matches!(answered, Ok(Ok(true))).then(|| t0.elapsed().as_secs_f64() * 1e3));
     }
 }
 
-/// One probe: connect, ask, and read lines until the answer (true) or EOF.
-pub(super) async fn probe_once(addr: &str, proto: Proto) -> io::Result<bool> {
+/// One probe: connect (through `dial`'s TLS, if any: the handshake counts
+/// in the answer time, as it would for a user), ask, and read lines until
+/// the answer (true) or EOF.
+pub(super) async fn probe_once(dial: &impl Dial, addr: &str, proto: Proto) -> io::Result<bool> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
+    // `w` lives until the answer: a plain write half shuts the socket's
+    // sending side when dropped.
+    let (r, mut w) = dial.halves(stream, addr).await?;
     let (question, answer) = proto.probe();
-    let mut lines = tokio::io::BufReader::new(stream);
-    lines.get_mut().write_all(&question).await?;
+    w.write_all(&question).await?;
+    w.flush().await?;
+    let mut lines = tokio::io::BufReader::new(r);
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -208,7 +218,7 @@ pub(super) async fn probe_once(addr: &str, proto: Proto) -> io::Result<bool> {
 /// A publisher's read side: waits for its handshake's answer, then reads
 /// and discards (imd echoes every public line to its sender, and cuts a
 /// sender that does not read; Redis answers each PUBLISH with `:N`).
-pub(super) async fn publisher_reader(mut r: OwnedReadHalf, shared: Arc<Counters>) {
+pub(super) async fn publisher_reader(mut r: impl AsyncRead + Unpin, shared: Arc<Counters>) {
     let proto = shared.proto;
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0;
@@ -260,16 +270,21 @@ impl Plan {
     }
 }
 
-pub(super) struct Published {
-    pub(super) writer: OwnedWriteHalf,
+pub(super) struct Published<W> {
+    pub(super) writer: W,
     pub(super) lag_us: u64,
     pub(super) end_us: u64,
     pub(super) complete: bool,
 }
 
 /// One publisher: message k is due at start + k / rate; it sleeps until the
-/// next one is due, then writes every message due by then in one go.
-pub(super) async fn publish(mut w: OwnedWriteHalf, plan: Plan, shared: Arc<Counters>) -> Published {
+/// next one is due, then writes every message due by then in one go (and
+/// flushes it, for TLS).
+pub(super) async fn publish<W: AsyncWrite + Unpin>(
+    mut w: W,
+    plan: Plan,
+    shared: Arc<Counters>,
+) -> Published<W> {
     let proto = shared.proto;
     let mut frame = Vec::new();
     proto.publish(
@@ -314,6 +329,15 @@ pub(super) async fn publish(mut w: OwnedWriteHalf, plan: Plan, shared: Arc<Count
                     break 'schedule;
                 }
             }
+        }
+        // TLS holds the batch's last record until flushed; a plain socket
+        // has nothing to flush.
+        if !matches!(
+            tokio::time::timeout_at(plan.hard_stop.into(), w.flush()).await,
+            Ok(Ok(()))
+        ) {
+            complete = false;
+            break 'schedule;
         }
         lag_us = lag_us.max(micros(shared.start).saturating_sub(due));
         k = upto;

@@ -40,15 +40,22 @@
 //! reads the server's CPU time from /proc and, where `perf stat` works,
 //! counts its write system calls during that phase.
 //!
+//! With `tls` set (imc's `--tls`, `--ca`) every connection, the probe's
+//! included, is TLS from its first byte: imd started with `--tls-cert`, or
+//! a Redis `--tls-port`. NATS upgrades to TLS only after its plaintext
+//! `INFO`, which this bench does not speak, so TLS with NATS is refused.
+//!
 //! # Layout
 //!
 //! Here: the arguments and the run itself ([`open_loop`]). `phases`: its
 //! steps. `proto`: the three protocols; `clients`: the subscribers, probe
-//! and publishers;
+//! and publishers; `dial`: plaintext or TLS halves, which the run is
+//! generic over;
 //! `perf`: the system-call count; `report`: the [`FanoutReport`] and how
 //! it is summed up.
 
 mod clients;
+mod dial;
 mod perf;
 mod phases;
 mod proto;
@@ -63,7 +70,9 @@ use hdrhistogram::Histogram;
 use tokio::sync::Notify;
 
 use super::common::{cpu_secs, micros};
+use crate::client::tls::TlsConnector;
 
+use dial::{Dial, Plain, Tls};
 use perf::Perf;
 use phases::{check, connect, drain, publish_all, sync, Probe};
 pub use proto::Proto;
@@ -72,6 +81,10 @@ pub use report::FanoutReport;
 /// The knobs of one fan-out run.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FanoutArgs {
+    /// Connect over TLS with this trust (imc's `--tls`, `--ca`); `None`:
+    /// plaintext.
+    #[arg(skip)]
+    pub tls: Option<TlsConnector>,
     /// Connections that publish, each at --rate.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
@@ -113,6 +126,7 @@ impl Default for FanoutArgs {
     /// The command line's defaults, with a rate of 1,000 messages/s.
     fn default() -> Self {
         FanoutArgs {
+            tls: None,
             publishers: 1,
             subscribers: 500,
             rate: 1000.0,
@@ -182,9 +196,28 @@ struct Counters {
 
 /// Runs the fan-out benchmark against the server at `addr`, in phases:
 /// connect and handshake everyone, sync, publish on schedule while a probe
-/// times the server's answers, drain, report.
+/// times the server's answers, drain, report. Over TLS when `args.tls`
+/// says so.
 pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Result<FanoutReport> {
     check(args)?;
+    match &args.tls {
+        None => run(Plain, addr, proto, args).await,
+        Some(_) if proto == Proto::Nats => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "NATS upgrades to TLS after its plaintext INFO, which this bench does not speak; \
+             run NATS without TLS",
+        )),
+        Some(tls) => run(Tls(tls.clone()), addr, proto, args).await,
+    }
+}
+
+/// [`open_loop`] with its connections made by `dial`.
+async fn run<D: Dial>(
+    dial: D,
+    addr: &str,
+    proto: Proto,
+    args: &FanoutArgs,
+) -> io::Result<FanoutReport> {
     let per_publisher = (args.rate * args.duration).round().max(1.0) as u64;
     let (n, np) = (args.subscribers, args.publishers);
     let shared = Arc::new(Counters {
@@ -219,7 +252,8 @@ pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Resul
         .map(|_| Arc::new(Mutex::new(Tally::new(np))))
         .collect();
 
-    let (tasks, mut writers) = connect(addr, args, &shared, &tallies, ready_deadline).await?;
+    let (tasks, mut writers) =
+        connect(&dial, addr, args, &shared, &tallies, ready_deadline).await?;
     let synced = sync(args, &shared, &mut writers, ready_deadline).await?;
     report.ready_secs = shared.start.elapsed().as_secs_f64();
     if !synced {
@@ -251,7 +285,7 @@ pub async fn open_loop(addr: &str, proto: Proto, args: &FanoutArgs) -> io::Resul
     let cpu_before = args.server_pid.and_then(cpu_secs);
     // A little lead, so that the first message is not late already.
     let publish_start_us = micros(shared.start) + 5_000;
-    let probe = Probe::start(addr, proto);
+    let probe = Probe::start(dial.clone(), addr, proto);
     let published = publish_all(args, &shared, writers, publish_start_us).await;
     report.add_probes(probe.stop().await);
     let sent: Vec<u64> = shared

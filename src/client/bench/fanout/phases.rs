@@ -7,13 +7,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::super::common::wait_until;
 use super::clients::{probe_loop, publish, publisher_reader, subscriber, Plan, SYNC_PAYLOAD};
+use super::dial::Dial;
 use super::{Counters, FanoutArgs, Proto, Tally};
 
 /// Refuses arguments no run can use (exit 2 in `imc bench`).
@@ -43,21 +43,22 @@ pub(super) fn check(args: &FanoutArgs) -> io::Result<()> {
 /// publishers' joins are then announced to the subscribers before the sync
 /// message), and starts their readers. Returns the reader tasks and the
 /// publishers' write halves.
-pub(super) async fn connect(
+pub(super) async fn connect<D: Dial>(
+    dial: &D,
     addr: &str,
     args: &FanoutArgs,
     shared: &Arc<Counters>,
     tallies: &[Arc<Mutex<Tally>>],
     deadline: Instant,
-) -> io::Result<(Vec<JoinHandle<()>>, Vec<OwnedWriteHalf>)> {
+) -> io::Result<(Vec<JoinHandle<()>>, Vec<D::Write>)> {
     let proto = shared.proto;
     let np = args.publishers;
     let hello: Arc<[u8]> = proto.subscriber_hello(&args.channel).into();
     let mut tasks = Vec::with_capacity(tallies.len() + np);
     for (i, tally) in tallies.iter().enumerate() {
-        let stream = connect_one(addr, format!("subscriber {i}"), deadline).await?;
+        let halves = connect_one(dial, addr, format!("subscriber {i}"), deadline).await?;
         tasks.push(tokio::spawn(subscriber(
-            stream,
+            halves,
             hello.clone(),
             tally.clone(),
             shared.clone(),
@@ -65,11 +66,11 @@ pub(super) async fn connect(
     }
     let mut writers = Vec::with_capacity(np);
     for p in 0..np {
-        let stream = connect_one(addr, format!("publisher {p}"), deadline).await?;
-        let (r, mut w) = stream.into_split();
+        let (r, mut w) = connect_one(dial, addr, format!("publisher {p}"), deadline).await?;
         let hello = proto.publisher_hello();
         if !hello.is_empty() {
             w.write_all(&hello).await?;
+            w.flush().await?;
         }
         tasks.push(tokio::spawn(publisher_reader(r, shared.clone())));
         writers.push(w);
@@ -77,17 +78,21 @@ pub(super) async fn connect(
     Ok((tasks, writers))
 }
 
-/// One connection, by `deadline`; errors say which one (`what`).
-pub(super) async fn connect_one(
+/// One connection and its TLS handshake, if any, by `deadline`; errors
+/// say which one (`what`).
+pub(super) async fn connect_one<D: Dial>(
+    dial: &D,
     addr: &str,
     what: String,
     deadline: Instant,
-) -> io::Result<TcpStream> {
-    match tokio::time::timeout_at(deadline.into(), TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+) -> io::Result<(D::Read, D::Write)> {
+    let halves = async {
+        let s = TcpStream::connect(addr).await?;
+        let _ = s.set_nodelay(true);
+        dial.halves(s, addr).await
+    };
+    match tokio::time::timeout_at(deadline.into(), halves).await {
+        Ok(Ok(halves)) => Ok(halves),
         Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("{what}: {e}"))),
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -102,7 +107,7 @@ pub(super) async fn connect_one(
 pub(super) async fn sync(
     args: &FanoutArgs,
     shared: &Counters,
-    writers: &mut [OwnedWriteHalf],
+    writers: &mut [impl AsyncWrite + Unpin],
     deadline: Instant,
 ) -> io::Result<bool> {
     let (n, np) = (args.subscribers, args.publishers);
@@ -123,6 +128,7 @@ pub(super) async fn sync(
     let mut sync = Vec::new();
     shared.proto.publish(&args.channel, SYNC_PAYLOAD, &mut sync);
     writers[0].write_all(&sync).await?;
+    writers[0].flush().await?;
     Ok(wait_until(&shared.notify, deadline, || {
         shared.synced.load(Ordering::Acquire) >= n
     })
@@ -130,7 +136,7 @@ pub(super) async fn sync(
 }
 
 /// What the publishers did, together.
-pub(super) struct AllPublished {
+pub(super) struct AllPublished<W> {
     /// The worst lag behind schedule.
     pub(super) lag_us: u64,
     /// When the last one finished.
@@ -139,17 +145,17 @@ pub(super) struct AllPublished {
     pub(super) complete: bool,
     /// Kept open until the end: closing a publisher's socket early could
     /// make some servers drop what it still holds.
-    pub(super) writers: Vec<OwnedWriteHalf>,
+    pub(super) writers: Vec<W>,
 }
 
 /// The publishers write on schedule from `start_us`; returns once all have
 /// finished (or hit duration + drain timeout).
-pub(super) async fn publish_all(
+pub(super) async fn publish_all<W: AsyncWrite + Send + Unpin + 'static>(
     args: &FanoutArgs,
     shared: &Arc<Counters>,
-    writers: Vec<OwnedWriteHalf>,
+    writers: Vec<W>,
     start_us: u64,
-) -> AllPublished {
+) -> AllPublished<W> {
     let hard_stop = shared.start
         + Duration::from_micros(start_us)
         + Duration::from_secs_f64(args.duration + args.drain_timeout.max(0.0));
@@ -217,14 +223,15 @@ pub(super) struct Probe {
 }
 
 impl Probe {
-    pub(super) fn start(addr: &str, proto: Proto) -> Probe {
+    /// Probes `addr` through `dial` (TLS too, for a TLS server).
+    pub(super) fn start(dial: impl Dial, addr: &str, proto: Proto) -> Probe {
         let stop = tokio_util::sync::CancellationToken::new();
         let (addr, until) = (addr.to_string(), stop.clone());
         let thread = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map(|rt| rt.block_on(probe_loop(addr, proto, until)))
+                .map(|rt| rt.block_on(probe_loop(dial, addr, proto, until)))
                 .unwrap_or_default()
         });
         Probe { stop, thread }
