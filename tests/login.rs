@@ -367,7 +367,9 @@ fn repl_logs_in_when_the_name_is_registered() {
 /// `name-taken` (here the other node runs without the accounts file,
 /// which PROTOCOL.md warns against, so its user could take the name).
 /// Once that user leaves, the login works and the other node sees the
-/// rename; a rename there to the logged-in name is then refused.
+/// rename; a second login to the name on its node is refused without
+/// releasing the claim, so a rename there to the logged-in name is then
+/// refused.
 #[test]
 fn cluster_login_claims_the_name_and_respects_other_nodes() {
     let redis = crate::support::RedisServer::start();
@@ -400,6 +402,11 @@ fn cluster_login_claims_the_name_and_respects_other_nodes() {
         r"^\*\*\* {} is now known as alice$",
         regex::escape(&owner.name)
     ));
+    // A second login on the holder's node is refused, and must not give up
+    // the holder's claim in the cluster (the rename below would then win).
+    let mut second = n1.raw_client("second");
+    second.send(&format!("login|alice|{ALICE_PW}"));
+    second.expect_next("^error name-taken: ");
     watch.send("rename|alice");
     watch.expect("^error name-taken: ");
 }
