@@ -193,9 +193,14 @@ fn wait_for_log(log: &Receiver<String>, needle: &str) -> String {
 }
 
 fn sighup(srv: &TestServer) {
+    send_signal(srv, libc::SIGHUP);
+}
+
+/// Sends `signal` to a binary server without waiting for it to exit.
+fn send_signal(srv: &TestServer, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(srv.pid()).unwrap();
     // SAFETY: kill(2) on our own live child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
 
 /// The real binary: an account added to the file works after SIGHUP
@@ -312,6 +317,54 @@ fn passwords_never_reach_the_log() {
     for secret in [ALICE_PW, "wrong-9d2e", "other-41c7"] {
         assert!(!text.contains(secret), "{secret} is in the log:\n{text}");
     }
+}
+
+/// SIGTERM does not wait for a login held back by the brake: after six
+/// failures from 127.0.0.1 the next login waits 16 s, longer than the
+/// test's own timeouts (and than imd's shutdown backstop, twice the 5 s
+/// grace), yet its client gets the usual bye and EOF at once, and imd
+/// exits 0.
+#[test]
+fn shutdown_does_not_wait_for_a_login_on_the_brake() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (mut srv, log) = TestServer::start_binary_logged(
+        &["--accounts", path.to_str().unwrap()],
+        &[("RUST_LOG", "info,imchat::server::accounts=debug")],
+    );
+    // Six wrong passwords at once: each is checked (none waits long
+    // enough to be refused unchecked) and fails.
+    let mut guessers: Vec<LineClient> = (0..6)
+        .map(|i| LineClient::connect(srv.addr(), &format!("g{i}"), srv.transcript.clone()))
+        .collect();
+    for (i, g) in guessers.iter_mut().enumerate() {
+        g.send(&format!("login|alice|guess-{i}"));
+    }
+    for g in &mut guessers {
+        g.expect_next("^error auth-failed: ");
+    }
+    let mut w = LineClient::connect(srv.addr(), "waiter", srv.transcript.clone());
+    w.send(&format!("login|alice|{ALICE_PW}"));
+    let held = wait_for_log(&log, "login held back");
+    let wait = regex::Regex::new(r"wait=([0-9.]+)s\b")
+        .unwrap()
+        .captures(&held)
+        .and_then(|c| c[1].parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no wait in seconds in {held:?}"));
+    assert!(
+        wait > 10.0,
+        "the login must wait longer than the test's timeouts: {held}"
+    );
+    send_signal(&srv, libc::SIGTERM);
+    w.expect_next(r"^\*\*\* bye: server shutting down$");
+    let rest = w.expect_closed();
+    assert!(!rest.contains("ok login"), "the login went on: {rest:?}");
+    for g in &mut guessers {
+        g.expect(r"^\*\*\* bye: server shutting down$");
+    }
+    wait_for_log(&log, "stopped");
+    // The log ends when imd exits.
+    assert!(log.iter().all(|l| !l.contains("login failed")));
+    assert!(srv.wait().success());
 }
 
 /// `imc --name alice` with IMC_PASSWORD logs in and sends (bob sees the

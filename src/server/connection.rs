@@ -199,7 +199,11 @@ impl Connection {
         loop {
             while self.congested.is_empty() {
                 match codec.decode(&mut buf) {
-                    Ok(Some(frame)) => self.handle(frame).await,
+                    Ok(Some(frame)) => {
+                        if let Some(end) = self.handle(frame, shutdown).await {
+                            return end;
+                        }
+                    }
                     Ok(None) => {
                         self.flush();
                         break;
@@ -249,7 +253,11 @@ impl Connection {
                     Ok(0) => {
                         loop {
                             match codec.decode_eof(&mut buf) {
-                                Ok(Some(frame)) => self.handle(frame).await,
+                                Ok(Some(frame)) => {
+                                    if let Some(end) = self.handle(frame, shutdown).await {
+                                        return end;
+                                    }
+                                }
                                 Ok(None) => break,
                                 Err(e) => return self.flooded(e),
                             }
@@ -316,16 +324,19 @@ impl Connection {
 
     /// Runs one frame. Every command line gets exactly one reply (an `ok`, an
     /// `error`, or for a public message its own broadcast coming back).
-    async fn handle(&mut self, frame: Frame) {
+    /// Returns why the connection must end if it must end before the reply:
+    /// only a login waits long enough for that (see [`Connection::login`]).
+    async fn handle(&mut self, frame: Frame, shutdown: &CancellationToken) -> Option<LeaveReason> {
         self.opened.line_received();
         let bytes = match frame {
             Frame::Line(bytes) => bytes,
             Frame::TooLong => {
                 let max = self.hub.config().max_line;
-                return self.reply(ServerLine::error(
+                self.reply(ServerLine::error(
                     ErrorCode::TooLong,
                     format!("line longer than {max} bytes was discarded"),
                 ));
+                return None;
             }
         };
         // Invalid UTF-8 is shown as U+FFFD rather than refused: the rest of
@@ -359,13 +370,14 @@ impl Connection {
             // Boxed: a login waits on the brake and the password check,
             // state that every idle connection would carry otherwise.
             Command::Login { name, password } => {
-                Box::pin(self.login(name, password.expose())).await
+                return Box::pin(self.login(name, password.expose(), shutdown)).await;
             }
             Command::Malformed(usage) => self.reply(ServerLine::error(
                 ErrorCode::Usage,
                 format!("malformed command; usage: {usage}"),
             )),
         }
+        None
     }
 
     async fn whisper(&mut self, to: &str, text: &str) {
@@ -418,8 +430,33 @@ impl Connection {
 
     /// `login|NAME|PASSWORD`. The password goes to the hub's check and
     /// nowhere else: it is never logged, echoed or kept.
-    async fn login(&mut self, name: &str, password: &str) {
-        match self.hub.login(&self.user, name, password).await {
+    ///
+    /// The check can wait a long time: up to a minute on the brake of an
+    /// address that failed before, then in line for a password check. A
+    /// shutdown (or the user being cut off) ends that wait like any other,
+    /// so the user gets the usual `bye` at once and imd does not wait for
+    /// the login; the abandoned check counts as neither a failure nor a
+    /// success. Only the check is abandoned: once the password is right,
+    /// taking the name (and claiming it in a cluster) runs to its end.
+    async fn login(
+        &mut self,
+        name: &str,
+        password: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<LeaveReason> {
+        let checked = tokio::select! {
+            biased;
+            end = self.ended(shutdown) => {
+                tracing::debug!(name = visible(name).as_ref(), addr = %self.user.addr, "login abandoned: the connection is ending");
+                return Some(end);
+            }
+            checked = self.hub.check_login(&self.user, name, password) => checked,
+        };
+        let outcome = match checked {
+            Ok(()) => self.hub.take_login(&self.user, name).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(()) => {
                 let old = std::mem::replace(&mut self.name, self.user.name());
                 tracing::info!(old, name, addr = %self.user.addr, "logged in");
@@ -434,6 +471,7 @@ impl Connection {
                 format!("name '{name}' is in use by a session that logged in (or on another node)"),
             )),
         }
+        None
     }
 }
 

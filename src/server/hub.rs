@@ -417,12 +417,33 @@ impl Hub {
         name: &str,
         password: &str,
     ) -> Result<(), LoginError> {
+        self.check_login(user, name, password).await?;
+        self.take_login(user, name).await
+    }
+
+    /// The first half of [`Hub::login`]: whether `password` is `name`'s,
+    /// after the brake on the user's address. It changes nothing but the
+    /// brake and the failure count, so the caller may drop it half-way
+    /// (at shutdown) and leave no trace of the login.
+    pub async fn check_login(
+        &self,
+        user: &Arc<User>,
+        name: &str,
+        password: &str,
+    ) -> Result<(), LoginError> {
         let Some(accounts) = self.accounts() else {
             return Err(LoginError::AuthFailed);
         };
         if Box::pin(accounts.verify(user.addr.ip(), name, password)).await != Verdict::Accepted {
             return Err(LoginError::AuthFailed);
         }
+        Ok(())
+    }
+
+    /// The second half of [`Hub::login`], once [`Hub::check_login`] said
+    /// yes: takes `name` for `user`. Run it to the end: half-way, a name
+    /// could be claimed in the cluster and never used.
+    pub async fn take_login(&self, user: &Arc<User>, name: &str) -> Result<(), LoginError> {
         // In a cluster, a name nobody here holds is claimed first; a
         // holder on another node keeps it (each node checks only its own
         // users' logins, so it cannot take a name back from another node).

@@ -315,6 +315,16 @@ impl TestServer {
         }
     }
 
+    /// Waits for a binary server to exit (after a signal sent with
+    /// [`TestServer::pid`]) and returns its exit status. Call it once imd
+    /// has been seen to stop (e.g. its log ended): it does not time out.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        match &mut self.running {
+            Running::Binary(child) => child.wait().unwrap(),
+            Running::InProcess { .. } => panic!("wait() is for start_binary servers"),
+        }
+    }
+
     /// Kills a binary server with SIGKILL: no cleanup at all.
     pub fn kill9(&mut self) {
         match &mut self.running {
