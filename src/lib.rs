@@ -12,6 +12,8 @@
 //!   framing; the only place the wire format is defined.
 //! - [`net`]: socket settings both ends use (TCP keepalive).
 //! - [`man`]: both binaries' man pages, from their clap definitions.
+//! - [`tty`]: asking for a password on the terminal without echo (imc's
+//!   REPL, `imd hash-password`).
 //! - [`server`]: `imd`. The accept loop, each connection's session, the
 //!   [`server::hub`] that owns who is online and fans lines out, the
 //!   per-user outbox, and the optional cluster link behind the hub.
@@ -26,6 +28,7 @@ pub mod man;
 pub mod net;
 pub mod protocol;
 pub mod server;
+pub mod tty;
 
 #[cfg(feature = "client")]
 pub mod client;

@@ -21,19 +21,32 @@ impl Tty {
 
     /// [`Tty::start`] with extra environment variables.
     fn start_env(srv: &TestServer, args: &[&str], env: &[(&str, &str)]) -> Tty {
-        let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_drive.py");
-        let mut child = Command::new("python3")
-            .arg(driver)
-            .arg(assert_cmd::cargo::cargo_bin("imc"))
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        let mut cmd = Tty::command("imc");
+        cmd.args(args)
             .env("HOME", srv.home())
             .env("IMC_HISTORY", srv.home().join("history"))
-            .env("TERM", "xterm")
             .env("IMC_IP", srv.addr().ip().to_string())
             .env("IMC_PORT", srv.port().to_string())
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Tty::run(cmd)
+    }
+
+    /// The driver running this package's `binary` in a pseudo-terminal,
+    /// with a clean environment (PATH and TERM only); add the arguments.
+    fn command(binary: &str) -> Command {
+        let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_drive.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(driver)
+            .arg(assert_cmd::cargo::cargo_bin(binary))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TERM", "xterm");
+        cmd
+    }
+
+    /// Starts the driver `cmd` from [`Tty::command`].
+    fn run(mut cmd: Command) -> Tty {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -257,4 +270,66 @@ fn registered_name_asks_for_the_password_without_echo() {
         "history was written: {history:?}"
     );
     assert!(!history.contains(PW), "the password is in the history");
+}
+
+/// `imd hash-password` at a terminal asks twice without echo and prints a
+/// hash that verifies against the typed password; the password never
+/// shows on the terminal.
+#[test]
+fn hash_password_at_a_terminal_asks_twice_without_echo() {
+    const PW: &str = "typed-not-shown-4b1d";
+    let mut tty = Tty::run({
+        let mut cmd = Tty::command("imd");
+        cmd.arg("hash-password");
+        cmd
+    });
+    tty.expect("Password: ");
+    tty.typed(PW);
+    tty.expect("Again: ");
+    tty.typed(PW);
+    tty.expect("$argon2id$");
+    assert_eq!(tty.cmd("wait"), "exit 0");
+    let screen = tty.cmd("dump");
+    assert!(!screen.contains(PW), "the password was echoed: {screen}");
+    let hash =
+        regex::Regex::new(r"\$argon2id\$v=19\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+")
+            .unwrap()
+            .find(&screen)
+            .unwrap_or_else(|| panic!("no hash on the terminal: {screen}"))
+            .as_str()
+            .to_string();
+    use argon2::{Argon2, PasswordHash, PasswordVerifier};
+    let parsed = PasswordHash::new(&hash).unwrap();
+    assert!(
+        Argon2::default()
+            .verify_password(PW.as_bytes(), &parsed)
+            .is_ok(),
+        "{hash} is not the hash of the typed password"
+    );
+    assert!(Argon2::default()
+        .verify_password(b"something else", &parsed)
+        .is_err());
+}
+
+/// `imd hash-password` at a terminal: two different passwords print no
+/// hash, say why, and exit 2.
+#[test]
+fn hash_password_refuses_a_mismatch() {
+    let mut tty = Tty::run({
+        let mut cmd = Tty::command("imd");
+        cmd.arg("hash-password");
+        cmd
+    });
+    tty.expect("Password: ");
+    tty.typed("first-try-1");
+    tty.expect("Again: ");
+    tty.typed("first-try-2");
+    tty.expect("the passwords do not match");
+    assert_eq!(tty.cmd("wait"), "exit 2");
+    let screen = tty.cmd("dump");
+    assert!(!screen.contains("$argon2"), "a hash was printed: {screen}");
+    assert!(
+        !screen.contains("first-try"),
+        "a password was echoed: {screen}"
+    );
 }

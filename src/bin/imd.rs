@@ -121,9 +121,11 @@ struct Args {
 /// imd's subcommands: tools for setting a server up, not the server.
 #[derive(clap::Subcommand, Debug)]
 enum ImdCmd {
-    /// Read one password from stdin (its first line) and print its
-    /// Argon2id hash, for a `NAME:HASH` line of the --accounts file, e.g.
-    /// `read -rs pw; printf '%s\n' "$pw" | imd hash-password`.
+    /// Print the Argon2id hash of a password, for a `NAME:HASH` line of
+    /// the --accounts file. At a terminal it asks on the terminal, without
+    /// echo, twice ("Password: ", "Again: "); a mismatch prints nothing
+    /// and exits 2. Otherwise it reads stdin's first line, e.g. `printf
+    /// '%s\n' "$pw" | imd hash-password`.
     HashPassword,
 }
 
@@ -135,8 +137,8 @@ Exit status:
   1  cannot listen on --ip/--port or --metrics, cannot reach --redis, or
      the --accounts file is missing or invalid, at start
   2  usage error: a bad flag or environment variable (an unreadable or
-     unusable --tls-cert or --tls-key included; hash-password: no password
-     on stdin)";
+     unusable --tls-cert or --tls-key included; hash-password: no
+     password, or the two typed at the terminal differ)";
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
@@ -262,22 +264,61 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `imd hash-password`: one password from stdin's first line (without its
-/// line ending) to its hash on stdout.
+/// `imd hash-password`: one password to its hash on stdout. At a
+/// terminal (stdin is one) the password is asked for twice without echo,
+/// as `passwd` does, so a typo cannot slip into the accounts file unseen;
+/// from a pipe or a file it is stdin's first line, as scripts expect.
 fn hash_password() -> ExitCode {
+    let password = if std::io::stdin().is_terminal() {
+        ask_twice()
+    } else {
+        first_line_of_stdin()
+    };
+    match password {
+        Ok(password) => {
+            println!("{}", accounts::hash_password(&password));
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("imd: {why}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The password typed at the terminal, the same twice.
+fn ask_twice() -> Result<String, String> {
+    let ask = |prompt| {
+        imchat::tty::read_hidden(prompt)
+            .map_err(|e| format!("cannot read the password from the terminal: {e}"))
+    };
+    let password = ask("Password: ")?;
+    if password.is_empty() {
+        return Err("no password given; nothing was printed".into());
+    }
+    if ask("Again: ")? != password {
+        return Err(
+            "the passwords do not match; nothing was printed (run imd hash-password again)".into(),
+        );
+    }
+    Ok(password)
+}
+
+/// Stdin's first line, without its line ending.
+fn first_line_of_stdin() -> Result<String, String> {
     let mut line = String::new();
     if let Err(e) = std::io::stdin().read_line(&mut line) {
-        eprintln!("imd: cannot read the password from stdin: {e}");
-        return ExitCode::from(2);
+        return Err(format!("cannot read the password from stdin: {e}"));
     }
     let password = line.strip_suffix('\n').unwrap_or(&line);
     let password = password.strip_suffix('\r').unwrap_or(password);
     if password.is_empty() {
-        eprintln!("imd: no password on stdin (give one line, e.g. printf '%s\\n' \"$pw\" | imd hash-password)");
-        return ExitCode::from(2);
+        return Err(
+            "no password on stdin (give one line, e.g. printf '%s\\n' \"$pw\" | imd hash-password)"
+                .into(),
+        );
     }
-    println!("{}", accounts::hash_password(password));
-    ExitCode::SUCCESS
+    Ok(password.to_string())
 }
 
 /// Reads the accounts file again on each SIGHUP; a bad file keeps the

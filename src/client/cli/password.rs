@@ -27,59 +27,10 @@ pub fn from_env() -> Option<String> {
     std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty())
 }
 
-/// Asks for a password on the terminal without echoing it.
-///
-/// Echo is turned off *before* the prompt is shown: rpassword prints its
-/// prompt first and only then turns echo off, so a password typed (or
-/// pasted, or sent by a test) the moment the prompt appears could be
-/// echoed in that gap. rpassword then reads with its own terminal settings
-/// and puts back ours (echo still off); [`EchoOff`] puts back the original.
+/// Asks for `name`'s password on the terminal without echoing it (see
+/// [`crate::tty`], which `imd hash-password` uses too).
 pub fn prompt(name: &str) -> std::io::Result<String> {
-    let _quiet = EchoOff::on_tty();
-    rpassword::prompt_password(format!("password for {name}: "))
-}
-
-/// The terminal's settings before [`EchoOff::on_tty`] turned echo off,
-/// restored on drop. Where there is no terminal it does nothing (rpassword
-/// then reports the error).
-struct EchoOff {
-    tty: std::fs::File,
-    saved: libc::termios,
-}
-
-impl EchoOff {
-    fn on_tty() -> Option<EchoOff> {
-        use std::os::fd::AsRawFd;
-        let tty = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/tty")
-            .ok()?;
-        let mut saved = std::mem::MaybeUninit::<libc::termios>::uninit();
-        // SAFETY: `tty` is an open descriptor and `saved` is written by
-        // tcgetattr before it is read (only when it returns 0).
-        let saved = unsafe {
-            if libc::tcgetattr(tty.as_raw_fd(), saved.as_mut_ptr()) != 0 {
-                return None;
-            }
-            saved.assume_init()
-        };
-        let mut quiet = saved;
-        quiet.c_lflag &= !libc::ECHO;
-        // SAFETY: a valid descriptor and a termios read from it.
-        if unsafe { libc::tcsetattr(tty.as_raw_fd(), libc::TCSANOW, &quiet) } != 0 {
-            return None;
-        }
-        Some(EchoOff { tty, saved })
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as in `on_tty`; the settings are the ones read there.
-        unsafe { libc::tcsetattr(self.tty.as_raw_fd(), libc::TCSANOW, &self.saved) };
-    }
+    crate::tty::read_hidden(&format!("password for {name}: "))
 }
 
 /// Logs `client` in as `name`, refusing to send the password in plain
