@@ -390,13 +390,44 @@ fn imc_logs_in_with_imc_password() {
         .code(1)
         .stderr(predicates::str::contains("(auth-failed)"));
     bob.expect_none_before("should not arrive|known as alice", r"is offline \(quit\)$");
+}
 
-    // Without IMC_PASSWORD, --name is a rename, refused for a registered name.
-    srv.imc()
-        .args(["--name", "alice", "send", "x"])
-        .assert()
-        .code(1)
-        .stderr(predicates::str::contains("(name-registered)"));
+/// `imc send/whisper/listen --name alice` without IMC_PASSWORD, alice
+/// being registered: exit 1 (refused), and stderr says how to log in, not
+/// the protocol's `use login|alice|PASSWORD`; nothing reaches bob.
+#[test]
+fn imc_says_how_to_log_in_when_the_name_is_registered() {
+    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, _) = server_with(&path);
+    let mut bob = srv.client("bob");
+    let commands: [&[&str]; 3] = [
+        &["send", "not sent"],
+        &["whisper", "bob", "not whispered"],
+        &["listen", "--count", "1"],
+    ];
+    for command in commands {
+        let out = srv
+            .imc()
+            .args(["--name", "alice"])
+            .args(command)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            "imc: 'alice' is a registered name: set IMC_PASSWORD to log in as it, or run \
+             `imc repl` without --name and choose the name at 'change username' (it asks \
+             for the password) (name-registered)",
+            "{command:?}"
+        );
+        assert!(out.stdout.is_empty(), "{command:?}");
+        // Each imc's connection came and went; alice never spoke.
+        bob.expect_none_before(
+            "not sent|not whispered|known as alice",
+            r"is offline \(quit\)$",
+        );
+    }
 }
 
 /// The REPL, when a new name is registered, logs in with IMC_PASSWORD

@@ -76,7 +76,9 @@ pub struct Args {
     pub port: u16,
     /// Claim this name right after connecting, before anything else; if it
     /// is taken or invalid, imc says why and exits 1. With IMC_PASSWORD
-    /// set, log in as this registered name instead (exit 1 if refused).
+    /// set, log in as this registered name instead (exit 1 if refused);
+    /// without it, a registered name is refused (exit 1) with a word on
+    /// how to log in.
     #[arg(long, env = "IMC_NAME")]
     pub name: Option<String>,
     /// Seconds allowed to connect, and in all for a one-shot command (for
@@ -445,7 +447,10 @@ pub async fn connect(args: &Args) -> Result<Client, ClientError> {
         if let Some(name) = &args.name {
             match password::from_env() {
                 Some(pw) => password::login(&mut client, name, &pw).await?,
-                None => client.rename(name).await?,
+                None => client
+                    .rename(name)
+                    .await
+                    .map_err(|e| password::explain_registered(name, e))?,
             }
         }
         Ok(client)

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use crate::client::api::Unsendable;
 use crate::client::{Client, ClientError};
+use crate::protocol::{visible, ErrorCode};
 
 /// The variable imc reads a password from.
 pub const PASSWORD_ENV: &str = "IMC_PASSWORD";
@@ -31,6 +32,29 @@ pub fn from_env() -> Option<String> {
 /// [`crate::tty`], which `imd hash-password` uses too).
 pub fn prompt(name: &str) -> std::io::Result<String> {
     crate::tty::read_hidden(&format!("password for {name}: "))
+}
+
+/// `--name NAME` without `IMC_PASSWORD`, refused because NAME is
+/// registered: the server's words (`use login|NAME|PASSWORD`) tell a
+/// protocol user what to send, but an imc user needs to hear how imc logs
+/// in. Other errors pass through; the code, and so the exit status (1),
+/// stays the same.
+pub fn explain_registered(name: &str, e: ClientError) -> ClientError {
+    match e {
+        ClientError::Refused {
+            code: ErrorCode::NameRegistered,
+            ..
+        } => ClientError::Refused {
+            code: ErrorCode::NameRegistered,
+            message: format!(
+                "'{}' is a registered name: set {PASSWORD_ENV} to log in as it, or run \
+                 `imc repl` without --name and choose the name at 'change username' \
+                 (it asks for the password)",
+                visible(name)
+            ),
+        },
+        e => e,
+    }
 }
 
 /// Logs `client` in as `name`, refusing to send the password in plain
