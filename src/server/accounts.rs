@@ -74,7 +74,16 @@ pub struct Accounts {
     /// A hash of a random password with the default parameters, checked
     /// for names that are not registered.
     dummy: String,
-    verifying: Semaphore,
+    /// [`MAX_VERIFYING`] permits. A check's permit goes to its blocking
+    /// thread and is given back when the hash is done, not when the
+    /// login that asked stops waiting (at shutdown): the bound holds for
+    /// the work itself.
+    verifying: Arc<Semaphore>,
+    /// Whether a password matches a PHC hash: [`argon2_matches`]; the
+    /// unit tests put in one that counts and holds the checks.
+    matches: fn(&str, &str) -> bool,
+    /// Password checks handed to a blocking thread since the start.
+    checks: AtomicU64,
     throttle: Mutex<Throttle>,
     failed: AtomicU64,
 }
@@ -171,14 +180,24 @@ impl Accounts {
     }
 
     fn build(path: Option<PathBuf>, table: HashMap<String, String>) -> Arc<Accounts> {
-        Arc::new(Accounts {
+        Arc::new(Accounts::new(path, table, argon2_matches))
+    }
+
+    fn new(
+        path: Option<PathBuf>,
+        table: HashMap<String, String>,
+        matches: fn(&str, &str) -> bool,
+    ) -> Accounts {
+        Accounts {
             path,
             table: RwLock::new(Arc::new(table)),
             dummy: hash_password(&format!("{:x}", rand_u64())),
-            verifying: Semaphore::new(MAX_VERIFYING),
+            verifying: Arc::new(Semaphore::new(MAX_VERIFYING)),
+            matches,
+            checks: AtomicU64::new(0),
             throttle: Mutex::new(Throttle::default()),
             failed: AtomicU64::new(0),
-        })
+        }
     }
 
     fn read(&self) -> Arc<HashMap<String, String>> {
@@ -205,6 +224,12 @@ impl Accounts {
     /// Failed logins since the start (for `imd_failed_logins_total`).
     pub fn failed_logins(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Password checks started since the start: one per login that was
+    /// not refused unchecked, registered name or not.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
     }
 
     /// Checks `password` for `name`, attempted from `ip`. Waits first as
@@ -256,21 +281,31 @@ impl Accounts {
 
     /// Runs the Argon2 check off the async workers, within the bound.
     async fn check(&self, hash: String, password: String) -> bool {
-        let Ok(_permit) = self.verifying.acquire().await else {
+        let Ok(permit) = self.verifying.clone().acquire_owned().await else {
             return false;
         };
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        let matches = self.matches;
         tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
+            let _permit = permit;
+            matches(&hash, &password)
         })
         .await
         .unwrap_or(false)
     }
+}
+
+/// Whether `password` matches the PHC string `hash` (Argon2, with the
+/// parameters the hash names). A hash that cannot be parsed matches
+/// nothing.
+fn argon2_matches(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
 }
 
 /// A random number for the dummy password (never used as a secret: it only
@@ -333,6 +368,103 @@ mod tests {
         let third: IpAddr = "10.0.0.3".parse().unwrap();
         assert_eq!(a.verify(third, "nobody", "secret").await, Verdict::Rejected);
         assert_eq!(a.failed_logins(), 2);
+    }
+
+    /// A name that is not registered costs a full check, against the
+    /// dummy hash, whose Argon2 parameters are those of a real one (so
+    /// its cost is too); a registered name is checked against its own.
+    #[tokio::test]
+    async fn an_unknown_name_costs_a_full_check() {
+        static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        fn record(hash: &str, password: &str) -> bool {
+            SEEN.lock().unwrap().push(hash.to_string());
+            argon2_matches(hash, password)
+        }
+        let real = table(&[("alice", "secret")]);
+        let alices = real["alice"].clone();
+        let a = Accounts::new(None, real, record);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(a.verify(ip, "nobody", "secret").await, Verdict::Rejected);
+        assert_eq!(a.checks(), 1, "the unknown name was not checked");
+        let seen = SEEN.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "one check");
+        assert_eq!(seen[0], a.dummy, "checked against the dummy hash");
+        let params = |h: &str| argon2::Params::try_from(&PasswordHash::new(h).unwrap()).unwrap();
+        assert_eq!(params(&seen[0]), params(&alices));
+        let (dummy, default) = (params(&seen[0]), argon2::Params::default());
+        assert_eq!(
+            (dummy.m_cost(), dummy.t_cost(), dummy.p_cost()),
+            (default.m_cost(), default.t_cost(), default.p_cost())
+        );
+
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(a.verify(other, "alice", "secret").await, Verdict::Accepted);
+        assert_eq!(a.checks(), 2);
+        assert_eq!(SEEN.lock().unwrap()[1], alices);
+    }
+
+    /// At most MAX_VERIFYING (4) checks run at once: of 10 logins from 10
+    /// addresses, each polled once while the checks are held (by a
+    /// stand-in for Argon2 that waits to be let go), exactly 4
+    /// get a check and the rest wait in line; once the checks are let go
+    /// all 10 finish, and no more than 4 ever ran together.
+    #[tokio::test]
+    async fn at_most_four_checks_run_at_once() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Condvar;
+        static RUNNING: AtomicUsize = AtomicUsize::new(0);
+        static PEAK: AtomicUsize = AtomicUsize::new(0);
+        static OPEN: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+        fn held(_hash: &str, _password: &str) -> bool {
+            let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+            PEAK.fetch_max(now, Ordering::SeqCst);
+            let (open, cv) = &OPEN;
+            let mut go = open.lock().unwrap();
+            while !*go {
+                go = cv.wait(go).unwrap();
+            }
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
+            false
+        }
+        /// Lets the held checks go, also when an assertion fails first
+        /// (the runtime would otherwise wait for them forever).
+        struct Opener;
+        impl Drop for Opener {
+            fn drop(&mut self) {
+                let (open, cv) = &OPEN;
+                *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                cv.notify_all();
+            }
+        }
+        assert_eq!(MAX_VERIFYING, 4, "README and the docs say 4");
+        let a = Accounts::new(None, HashMap::from([("alice".into(), "HASH".into())]), held);
+        let opener = Opener;
+        let mut logins: Vec<_> = (0..10u8)
+            .map(|i| {
+                let a = &a;
+                tokio_test::task::spawn(async move {
+                    let ip = IpAddr::from([10, 0, 0, i]);
+                    a.verify(ip, "alice", "pw").await
+                })
+            })
+            .collect();
+        for login in &mut logins {
+            assert!(login.poll().is_pending());
+        }
+        // Each has run as far as it can without a check finishing.
+        assert_eq!(a.checks(), MAX_VERIFYING as u64, "checks started at once");
+        assert_eq!(a.verifying.available_permits(), 0);
+        drop(opener);
+        for login in logins {
+            assert_eq!(login.await, Verdict::Rejected);
+        }
+        assert_eq!(a.checks(), 10);
+        let peak = PEAK.load(Ordering::SeqCst);
+        assert!(
+            (1..=MAX_VERIFYING).contains(&peak),
+            "{peak} checks ran at once"
+        );
+        assert_eq!(a.verifying.available_permits(), MAX_VERIFYING);
     }
 
     /// On paused time: after failures, the next attempt from the same
