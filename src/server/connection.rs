@@ -208,6 +208,7 @@ impl Connection {
                         self.handle(frame).await;
                         read_again_at = rate.as_mut().and_then(|r| r.take(Instant::now()));
                         if read_again_at.is_some() {
+                            hub.metrics().rate_limited();
                             self.flush();
                             break;
                         }
