@@ -241,7 +241,6 @@ impl BenchCmd {
     }
 }
 
-/// Parses a number of seconds (fractions allowed) into a duration.
 /// Where imc connects when neither --host nor IMC_HOST nor IMC_IP says.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
@@ -289,6 +288,7 @@ impl Args {
     }
 }
 
+/// Parses a number of seconds (fractions allowed) into a duration.
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .trim()
