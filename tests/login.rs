@@ -32,6 +32,17 @@ fn write_accounts(path: &Path, entries: &[(&str, &str)]) {
     std::fs::write(path, text).unwrap();
 }
 
+/// The real imd with alice registered (the file's path returned, to
+/// edit), its log at `rust_log` coming back line by line.
+fn binary_with_alice(rust_log: &str) -> (tempfile::TempDir, PathBuf, TestServer, Receiver<String>) {
+    let (dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, log) = TestServer::start_binary_logged(
+        &["--accounts", path.to_str().unwrap()],
+        &[("RUST_LOG", rust_log)],
+    );
+    (dir, path, srv, log)
+}
+
 /// An in-process imd with these accounts; the test keeps the accounts to
 /// reload them.
 fn server_with(path: &Path) -> (TestServer, Arc<Accounts>) {
@@ -224,11 +235,7 @@ fn sighup_reloads_the_accounts_file() {
     let hash = String::from_utf8(hashed.stdout).unwrap();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
 
-    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let (srv, log) = TestServer::start_binary_logged(
-        &["--accounts", path.to_str().unwrap()],
-        &[("RUST_LOG", "info")],
-    );
+    let (_dir, path, srv, log) = binary_with_alice("info");
     let mut d = LineClient::connect(srv.addr(), "d", Transcript::new());
     d.send("login|dave|dave-pw");
     d.expect_next("^error auth-failed: ");
@@ -292,11 +299,7 @@ fn invalid_accounts_file_at_start_exits_1() {
 /// login. (The log does show the failures.)
 #[test]
 fn passwords_never_reach_the_log() {
-    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let (mut srv, log) = TestServer::start_binary_logged(
-        &["--accounts", path.to_str().unwrap()],
-        &[("RUST_LOG", "trace")],
-    );
+    let (_dir, _, mut srv, log) = binary_with_alice("trace");
     let mut a = LineClient::connect(srv.addr(), "a", Transcript::new());
     a.send("login|alice|wrong-9d2e");
     a.expect_next("^error auth-failed");
@@ -326,11 +329,7 @@ fn passwords_never_reach_the_log() {
 /// exits 0.
 #[test]
 fn shutdown_does_not_wait_for_a_login_on_the_brake() {
-    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let (mut srv, log) = TestServer::start_binary_logged(
-        &["--accounts", path.to_str().unwrap()],
-        &[("RUST_LOG", "info,imchat::server::accounts=debug")],
-    );
+    let (_dir, _, mut srv, log) = binary_with_alice("info,imchat::server::accounts=debug");
     // Six wrong passwords at once: each is checked (none waits long
     // enough to be refused unchecked) and fails.
     let mut guessers: Vec<LineClient> = (0..6)
