@@ -415,9 +415,9 @@ fn imc_says_how_to_log_in_when_the_name_is_registered() {
         assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
         assert_eq!(
             stderr.trim_end(),
-            "imc: 'alice' is a registered name: set IMC_PASSWORD to log in as it, or run \
-             `imc repl` without --name and choose the name at 'change username' (it asks \
-             for the password) (name-registered)",
+            "imc: 'alice' is a registered name: set IMC_PASSWORD to log in as it (or run \
+             `imc repl --name alice` at a terminal, which asks for the password) \
+             (name-registered)",
             "{command:?}"
         );
         assert!(out.stdout.is_empty(), "{command:?}");

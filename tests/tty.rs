@@ -232,20 +232,27 @@ fn ctrl_c_and_ctrl_d_inside_a_mode() {
     tty.quit_at_menu();
 }
 
+/// An in-process imd where alice is registered with `password` (the
+/// accounts file lives as long as the returned directory).
+fn server_with_alice(password: &str) -> (tempfile::TempDir, TestServer) {
+    use imchat::server::accounts::{hash_password, Accounts};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("accounts");
+    std::fs::write(&path, format!("alice:{}\n", hash_password(password))).unwrap();
+    let srv = TestServer::with_config(imchat::server::Config {
+        accounts: Some(Accounts::load(&path).unwrap()),
+        ..crate::support::test_config()
+    });
+    (dir, srv)
+}
+
 /// On a terminal, choosing a registered name asks for its password
 /// without echo and logs in; the password shows neither on the terminal
 /// nor in the history file.
 #[test]
 fn registered_name_asks_for_the_password_without_echo() {
-    use imchat::server::accounts::{hash_password, Accounts};
     const PW: &str = "tty-secret-93";
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("accounts");
-    std::fs::write(&path, format!("alice:{}\n", hash_password(PW))).unwrap();
-    let srv = TestServer::with_config(imchat::server::Config {
-        accounts: Some(Accounts::load(&path).unwrap()),
-        ..crate::support::test_config()
-    });
+    let (_dir, srv) = server_with_alice(PW);
     let mut bob = srv.client("bob");
     let mut tty = Tty::start(&srv, &[]);
     tty.expect("menu> ");
@@ -270,6 +277,28 @@ fn registered_name_asks_for_the_password_without_echo() {
         "history was written: {history:?}"
     );
     assert!(!history.contains(PW), "the password is in the history");
+}
+
+/// `imc --name alice` at a terminal, alice registered and no
+/// IMC_PASSWORD: imc asks for the password without echo and logs in
+/// before the menu; bob sees the rename and alice's first line.
+#[test]
+fn registered_name_on_the_command_line_asks_for_the_password() {
+    const PW: &str = "at-start-77c2";
+    let (_dir, srv) = server_with_alice(PW);
+    let mut bob = srv.client("bob");
+    let mut tty = Tty::start(&srv, &["--name", "alice"]);
+    tty.expect("password for alice: ");
+    tty.typed(PW);
+    tty.expect("as alice");
+    bob.expect(r"^\*\*\* \S+ is now known as alice$");
+    tty.open_public_talk();
+    tty.typed("logged in at start");
+    bob.expect_next("^<alice> logged in at start$");
+    tty.confirmed("<alice> logged in at start", "public> ");
+    let screen = tty.cmd("dump");
+    assert!(!screen.contains(PW), "the password was echoed: {screen}");
+    tty.leave_and_quit();
 }
 
 /// `imd hash-password` at a terminal asks twice without echo and prints a

@@ -81,8 +81,9 @@ pub struct Args {
     /// Claim this name right after connecting, before anything else; if it
     /// is taken or invalid, imc says why and exits 1. With IMC_PASSWORD
     /// set, log in as this registered name instead (exit 1 if refused);
-    /// without it, a registered name is refused (exit 1) with a word on
-    /// how to log in.
+    /// without it, the REPL at a terminal asks for the password, and
+    /// anything else refuses a registered name (exit 1) saying how to
+    /// log in.
     #[arg(long, env = "IMC_NAME")]
     pub name: Option<String>,
     /// Seconds allowed to connect, and in all for a one-shot command (for

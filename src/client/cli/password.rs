@@ -47,9 +47,8 @@ pub fn explain_registered(name: &str, e: ClientError) -> ClientError {
         } => ClientError::Refused {
             code: ErrorCode::NameRegistered,
             message: format!(
-                "'{}' is a registered name: set {PASSWORD_ENV} to log in as it, or run \
-                 `imc repl` without --name and choose the name at 'change username' \
-                 (it asks for the password)",
+                "'{}' is a registered name: set {PASSWORD_ENV} to log in as it (or run \
+                 `imc repl --name {0}` at a terminal, which asks for the password)",
                 visible(name)
             ),
         },

@@ -50,8 +50,14 @@ mod terminal;
 /// Runs the REPL until the user leaves (Ok), the server goes away
 /// ([`ClientError::Lost`], exit 3) or stops answering (exit 4).
 pub async fn repl(args: &Args) -> Result<(), CliError> {
-    let client = connect(args).await?;
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
+    let client = match connect(args).await {
+        Err(ClientError::Refused {
+            code: ErrorCode::NameRegistered,
+            ..
+        }) if interactive => log_in_at_start(args).await?,
+        connected => connected?,
+    };
     let addr = client
         .peer_addr()
         .map_or_else(|| "the server".to_string(), |a| a.to_string());
@@ -193,6 +199,32 @@ impl Courier {
         // A closed stdout is noticed (and ends imc) by the menu's own output.
         let _ = self.out.line(output::human(event));
     }
+}
+
+/// `--name NAME` at a terminal, NAME registered and no `IMC_PASSWORD`:
+/// asks for the password without echo, as choosing the name from the menu
+/// does, then connects again and logs in. The user's typing is not
+/// part of `--timeout`; connecting and logging in are. No password (Enter
+/// or Ctrl-D alone) is unusable input: exit 2.
+async fn log_in_at_start(args: &Args) -> Result<Client, CliError> {
+    let name = args.name.clone().unwrap_or_default();
+    let shown = visible(&name).into_owned();
+    let password = tokio::task::spawn_blocking(move || password::prompt(&shown))
+        .await
+        .map_err(io::Error::other)??;
+    if password.is_empty() {
+        return Err(CliError::Usage(format!(
+            "no password given for the registered name '{}'",
+            visible(&name)
+        )));
+    }
+    let unnamed = Args {
+        name: None,
+        ..args.clone()
+    };
+    let mut client = connect(&unnamed).await?;
+    within(args.timeout, password::login(&mut client, &name, &password)).await?;
+    Ok(client)
 }
 
 /// Runs one request against the server.
