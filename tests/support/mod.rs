@@ -131,7 +131,16 @@ impl TestServer {
 
     /// imd in-process with the given limits.
     pub fn with_config(config: Config) -> TestServer {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        TestServer::on_listener(listener, config)
+    }
+
+    /// imd in-process on a listener the test made, for socket options that
+    /// accepted connections inherit from it (a small `SO_SNDBUF`, so that
+    /// a reader's socket is full after a few kilobytes).
+    pub fn on_listener(listener: std::net::TcpListener, config: Config) -> TestServer {
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -140,15 +149,13 @@ impl TestServer {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 server::run(listener, config, async {
                     let _ = stop_rx.await;
                 })
                 .await;
             });
         });
-        let addr = addr_rx.recv().expect("server thread started");
         TestServer {
             addr,
             running: Running::InProcess {
