@@ -718,6 +718,33 @@ impl Drop for RedisServer {
     }
 }
 
+/// A presence TTL for cluster nodes long enough (30 s) that a node slowed
+/// down by a loaded machine is never reaped as lost; only the tests of
+/// node loss use a shorter one.
+pub const NODE_TTL: &str = "30";
+
+/// The flags of an `imd` cluster node on the Redis at `url`
+/// ([`RedisServer::url`]): a presence TTL of `ttl` seconds, and no idle
+/// timeout.
+pub fn node_flags<'a>(url: &'a str, ttl: &'a str) -> [&'a str; 6] {
+    ["--redis", url, "--cluster-ttl", ttl, "--idle-timeout", "0"]
+}
+
+/// A cluster node on `redis`: the `imd` binary with [`node_flags`] and
+/// [`NODE_TTL`].
+pub fn node(redis: &RedisServer) -> TestServer {
+    node_with(redis, &[], &[])
+}
+
+/// [`node`] with `extra` flags after the cluster's, and `env` as in
+/// [`TestServer::start_binary_env`].
+pub fn node_with(redis: &RedisServer, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
+    let url = redis.url();
+    let mut args = node_flags(&url, NODE_TTL).to_vec();
+    args.extend_from_slice(extra);
+    TestServer::start_binary_env(&args, env)
+}
+
 /// A port that was free a moment ago. Only for servers that cannot pick
 /// their own (Redis), and only with a check that the server listening
 /// there is the one started.
