@@ -20,6 +20,7 @@ use regex::Regex;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::limits::{flood_line, FloodSeen, FLOOD_LINES};
 use crate::support::sockets::{tcp_socket, wait_for_socket};
 use crate::support::{imd_command, test_config, TestServer, EXPECT_TIMEOUT};
 
@@ -118,6 +119,18 @@ async fn expect(client: &mut Client, pattern: &str) -> String {
         .unwrap_or_else(|_| panic!("no line matching /{pattern}/"))
 }
 
+/// `imc --tls --ca CA --name alice send TEXT`, trusting `certs`' CA,
+/// succeeds against `server`, and `bob` gets the line.
+async fn imc_send_reaches(server: &TestServer, certs: &Certs, bob: &mut Client, text: &str) {
+    server
+        .imc()
+        .args(certs.imc_args())
+        .args(["--name", "alice", "send", text])
+        .assert()
+        .success();
+    expect(bob, &format!("^<alice> {}$", regex::escape(text))).await;
+}
+
 /// `imc --tls --ca CA send` reaches a user connected over TLS.
 #[tokio::test]
 async fn imc_send_over_tls_reaches_a_tls_user() {
@@ -125,13 +138,7 @@ async fn imc_send_over_tls_reaches_a_tls_user() {
     let server = tls_server(certs.tls());
     let mut bob = tls_client(&server, &certs, "bob").await;
     assert!(bob.is_tls());
-    server
-        .imc()
-        .args(certs.imc_args())
-        .args(["--name", "alice", "send", "hello over tls"])
-        .assert()
-        .success();
-    expect(&mut bob, "^<alice> hello over tls$").await;
+    imc_send_reaches(&server, &certs, &mut bob, "hello over tls").await;
 }
 
 /// `imc --tls listen` prints what a TLS user says; IMC_TLS and IMC_CA
@@ -167,38 +174,42 @@ async fn a_bad_certificate_is_a_connect_error_saying_why() {
     let mut bob = tls_client(&server, &certs, "bob").await;
 
     let stranger = Certs::new(&["127.0.0.1"]);
-    let out = server
-        .imc()
-        .args(stranger.imc_args())
-        .args(["send", "via the wrong CA"])
-        .assert()
-        .code(3)
-        .get_output()
-        .clone();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("not signed by a CA this client trusts"),
-        "{err}"
+    imc_cannot_connect(
+        &server,
+        &stranger,
+        &["send", "via the wrong CA"],
+        "not signed by a CA this client trusts",
     );
 
     let elsewhere = Certs::new(&["127.0.0.2", "chat.example.org"]);
     let server2 = tls_server(elsewhere.tls());
-    let out = server2
-        .imc()
-        .args(elsewhere.imc_args())
-        .args(["send", "to the wrong name"])
-        .assert()
-        .code(3)
-        .get_output()
-        .clone();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not valid for the address dialled"), "{err}");
+    imc_cannot_connect(
+        &server2,
+        &elsewhere,
+        &["send", "to the wrong name"],
+        "not valid for the address dialled",
+    );
 
     // Nothing of the refused send reached the user on the first server.
     bob.say("fence").await.unwrap();
     assert_eq!(bob.who().await.unwrap(), ["bob"]);
     let events = received(&mut bob).await;
     assert!(events.iter().all(|e| !e.contains("wrong CA")), "{events:?}");
+}
+
+/// `imc --tls --ca CA ARGS` with `certs`' CA, against `server`: it must
+/// exit 3 (cannot connect) with `says` in its error.
+fn imc_cannot_connect(server: &TestServer, certs: &Certs, args: &[&str], says: &str) {
+    let out = server
+        .imc()
+        .args(certs.imc_args())
+        .args(args)
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(says), "{err}");
 }
 
 /// Every event already received, as debug text.
@@ -295,13 +306,7 @@ async fn imd_tls_flags_and_their_errors() {
     let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
     let server = TestServer::start_binary_env(&[], &[("IMD_TLS_CERT", cert), ("IMD_TLS_KEY", key)]);
     let mut bob = tls_client(&server, &certs, "bob").await;
-    server
-        .imc()
-        .args(certs.imc_args())
-        .args(["--name", "alice", "send", "from the binary"])
-        .assert()
-        .success();
-    expect(&mut bob, "^<alice> from the binary$").await;
+    imc_send_reaches(&server, &certs, &mut bob, "from the binary").await;
 
     let usage = |args: &[&str], says: &str| {
         // Bounded: an imd that took these flags would listen for ever.
@@ -423,9 +428,7 @@ async fn tls_client_to_a_plaintext_port_says_so() {
 /// line is flushed through TLS before the close.
 #[test]
 fn flagged_scenarios_pass_over_tls() {
-    use imchat::client::scenario::{self, Scenario, Target};
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    use crate::scenarios::{load, run_on_imd_with, scenario_dir};
     for stem in [
         "too_slow",
         "framing_flood",
@@ -433,27 +436,11 @@ fn flagged_scenarios_pass_over_tls() {
         "presence_limit",
         "shutdown",
     ] {
-        let path = dir.join(format!("{stem}.chat"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        let s = Scenario::parse(stem, &text).unwrap();
+        let s = load(&scenario_dir().join(format!("{stem}.chat")));
         let certs = Certs::new(&["127.0.0.1"]);
-        let mut args: Vec<&str> = s.imd_args.iter().map(String::as_str).collect();
         let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
-        args.extend(["--tls-cert", cert, "--tls-key", key]);
-        let mut srv = TestServer::start_binary(&args);
-        let target = Target {
-            addr: srv.addr().to_string(),
-            stop: Some(Box::new(move || {
-                let status = srv.terminate();
-                status
-                    .success()
-                    .then_some(())
-                    .ok_or_else(|| format!("imd exited with {status}"))
-            })),
-            started_with_flags: true,
-            tls: Some(certs.connector()),
-        };
-        let outcome = rt.block_on(scenario::run_on(&s, target, Duration::from_secs(5)));
+        let tls_flags = ["--tls-cert", cert, "--tls-key", key];
+        let outcome = run_on_imd_with(&s, &tls_flags, Some(certs.connector()));
         assert!(
             outcome.passed(),
             "{stem}: {:?} {:?}\n{}",
@@ -470,7 +457,7 @@ fn flagged_scenarios_pass_over_tls() {
 fn imc_scenario_over_tls() {
     let certs = Certs::new(&["127.0.0.1"]);
     let server = tls_server(certs.tls());
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let dir = crate::scenarios::scenario_dir();
     let files = [
         "v07_whisper.chat",
         "commands_are_exact.chat",
@@ -507,18 +494,11 @@ fn a_refusal_on_a_tls_port_is_a_close() {
     let mut got = Vec::new();
     let _ = plain.read_to_end(&mut got);
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
-    let out = server
-        .imc()
-        .args(certs.imc_args())
-        .args(["who"])
-        .assert()
-        .code(3)
-        .get_output()
-        .clone();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("closed the connection during the handshake"),
-        "{err}"
+    imc_cannot_connect(
+        &server,
+        &certs,
+        &["who"],
+        "closed the connection during the handshake",
     );
 }
 
@@ -600,11 +580,6 @@ fn small_send_buffers(config: Config) -> TestServer {
     TestServer::on_listener(listener.into(), config)
 }
 
-/// One flooder line of [`a_tls_reader_slower_than_a_flood_is_not_cut`].
-fn flood_line(i: usize) -> String {
-    format!("{i:08} {}", "x".repeat(110))
-}
-
 /// Over TLS too, a reader that keeps reading, slower than a flooding
 /// sender, is never cut and gets every line in order: the TLS writer
 /// answers the outbox's question (the bytes the peer has not yet
@@ -624,18 +599,15 @@ async fn a_tls_reader_slower_than_a_flood_is_not_cut() {
     let connect = || TcpStream::connect(server.addr());
     let mut reader = raw_tls(&server, &certs, connect().await.unwrap(), "reader").await;
     let flooder = raw_tls(&server, &certs, connect().await.unwrap(), "flooder").await;
-    // 120-byte lines: 7 MB, more than the socket buffers and the 1 MiB
-    // queue hold together.
-    const LINES: usize = 60_000;
     // The flooder writes everything as fast as its socket takes it, and
     // reads its own lines back meanwhile so it is not the slow one.
     let (mut echo, mut out) = tokio::io::split(flooder);
     let writer = tokio::spawn(async move {
         let mut buf = Vec::new();
-        for i in 0..LINES {
+        for i in 0..FLOOD_LINES {
             buf.extend_from_slice(flood_line(i).as_bytes());
             buf.push(b'\n');
-            if buf.len() > 64 * 1024 || i + 1 == LINES {
+            if buf.len() > 64 * 1024 || i + 1 == FLOOD_LINES {
                 out.write_all(&buf).await.unwrap();
                 buf.clear();
             }
@@ -648,33 +620,22 @@ async fn a_tls_reader_slower_than_a_flood_is_not_cut() {
         while matches!(echo.read(&mut sink).await, Ok(n) if n > 0) {}
     });
     // The reader: 64 KiB every 20 ms at most, steadily.
-    let mut pending = Vec::new();
-    let mut next = 0;
+    let mut seen = FloodSeen::default();
     let mut chunk = vec![0u8; 64 * 1024];
-    while next < LINES {
+    while seen.lines < FLOOD_LINES {
         tokio::time::sleep(Duration::from_millis(20)).await; // the reader's pace
         let mut this_turn = 0;
-        while this_turn < chunk.len() && next < LINES {
+        while this_turn < chunk.len() && seen.lines < FLOOD_LINES {
             let read = tokio::time::timeout(EXPECT_TIMEOUT, reader.read(&mut chunk[this_turn..]));
             let n = match read.await {
                 Ok(Ok(n)) if n > 0 => n,
-                end => panic!("reader cut after {next} of {LINES} lines: {end:?}"),
+                end => panic!(
+                    "reader cut after {} of {FLOOD_LINES} lines: {end:?}",
+                    seen.lines
+                ),
             };
-            pending.extend_from_slice(&chunk[this_turn..this_turn + n]);
+            seen.take(&chunk[this_turn..this_turn + n]);
             this_turn += n;
-            let complete = pending
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1);
-            for got in String::from_utf8_lossy(&pending[..complete]).lines() {
-                if let Some(text) = got.strip_prefix("<flooder> ") {
-                    assert_eq!(text, flood_line(next), "lost or reordered");
-                    next += 1;
-                } else {
-                    assert!(!got.contains("reader is offline"), "{got}");
-                }
-            }
-            pending.drain(..complete);
         }
     }
     let _out = writer.await.unwrap();
@@ -778,41 +739,34 @@ async fn a_tls_reader_that_fell_behind_gets_the_last_line() {
     }
 }
 
+/// `imc --tls --ca CA bench ARGS --json` against a fresh TLS imd (`args`
+/// split at spaces): it succeeds, and its report.
+fn bench_over_tls(args: &str) -> serde_json::Value {
+    let certs = Certs::new(&["127.0.0.1"]);
+    let server = tls_server(certs.tls());
+    let out = server
+        .imc()
+        .args(certs.imc_args())
+        .arg("bench")
+        .args(args.split_whitespace())
+        .arg("--json")
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `imc --tls --ca CA bench` (closed loop) over TLS: every message reaches
 /// every client, and idle TLS connections see the final broadcast. (A
 /// TLS reader that stops reading is cut: [`a_frozen_tls_reader_is_cut_and_reset`],
 /// and `too_slow` in [`flagged_scenarios_pass_over_tls`].)
 #[test]
 fn imc_bench_over_tls_delivers_everything() {
-    let certs = Certs::new(&["127.0.0.1"]);
-    let server = tls_server(certs.tls());
-    let out = server
-        .imc()
-        .args(certs.imc_args())
-        .args([
-            "bench",
-            "--clients",
-            "4",
-            "--senders",
-            "2",
-            "--messages",
-            "300",
-        ])
-        .args([
-            "--size",
-            "2000",
-            "--window",
-            "16",
-            "--connections",
-            "3",
-            "--json",
-        ])
-        .timeout(Duration::from_secs(120))
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = bench_over_tls(
+        "--clients 4 --senders 2 --messages 300 --size 2000 --window 16 --connections 3",
+    );
     assert_eq!(report["deliveries"], 2 * 300 * 4, "{report}");
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["connections_reached"], 3, "{report}");
@@ -825,20 +779,8 @@ fn imc_bench_over_tls_delivers_everything() {
 /// through a TLS session; the probe's new clients answered over TLS too.
 #[test]
 fn imc_fanout_bench_over_tls_delivers_everything() {
-    let certs = Certs::new(&["127.0.0.1"]);
-    let server = tls_server(certs.tls());
-    let out = server
-        .imc()
-        .args(certs.imc_args())
-        .args(["bench", "--subscribers", "5", "--publishers", "2"])
-        .args(["--rate", "40", "--duration", "1", "--drain-timeout", "30"])
-        .arg("--json")
-        .timeout(Duration::from_secs(120))
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report =
+        bench_over_tls("--subscribers 5 --publishers 2 --rate 40 --duration 1 --drain-timeout 30");
     assert_eq!(report["proto"], "imd", "{report}");
     assert_eq!(report["messages_sent"], 2 * 40, "{report}");
     assert_eq!(report["deliveries"], 2 * 40 * 5, "{report}");
