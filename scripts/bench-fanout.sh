@@ -30,6 +30,12 @@
 #       server far past its capacity while the load generator keeps up
 #   SEED_BIN=path/to/im-seed-server for SERVERS containing seed (default:
 #       built by ../shared/reference/go-seed/build.sh when Go is there)
+#   SERVER_THREADS=4   run the server with this many threads whatever its
+#       cores (imd: TOKIO_WORKER_THREADS; NATS and the seed: GOMAXPROCS;
+#       Redis: no effect). Default: the servers' own choice, one per core
+#       of SERVER_CPUS. More threads than cores shows what extra workers
+#       cost on a machine too small to give them cores of their own; it is
+#       no substitute for a run on more cores.
 #
 # Servers: imd (target/release/imd, --idle-timeout 0); redis-server (Debian
 # package; --save '' --appendonly no --protected-mode no, its default
@@ -101,12 +107,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 start_server() {
     local kind=$1 cpus=$2 log=$3
     SPORT=$(free_port)
+    local threads=()
+    if [ -n "${SERVER_THREADS:-}" ]; then
+        threads=(env "TOKIO_WORKER_THREADS=$SERVER_THREADS" "GOMAXPROCS=$SERVER_THREADS")
+    fi
     case $kind in
-        imd | imd-before) taskset -c "$cpus" "${server_bin[$kind]}" --ip 127.0.0.1 --port "$SPORT" --idle-timeout 0 >"$log" 2>&1 & ;;
-        seed) taskset -c "$cpus" "${server_bin[seed]}" -port "$SPORT" >"$log" 2>&1 & ;;
+        imd | imd-before) "${threads[@]}" taskset -c "$cpus" "${server_bin[$kind]}" --ip 127.0.0.1 --port "$SPORT" --idle-timeout 0 >"$log" 2>&1 & ;;
+        seed) "${threads[@]}" taskset -c "$cpus" "${server_bin[seed]}" -port "$SPORT" >"$log" 2>&1 & ;;
         redis) taskset -c "$cpus" "${server_bin[redis]}" --bind 127.0.0.1 --port "$SPORT" \
             --save '' --appendonly no --protected-mode no >"$log" 2>&1 & ;;
-        nats) taskset -c "$cpus" "${server_bin[nats]}" -a 127.0.0.1 -p "$SPORT" >"$log" 2>&1 & ;;
+        nats) "${threads[@]}" taskset -c "$cpus" "${server_bin[nats]}" -a 127.0.0.1 -p "$SPORT" >"$log" 2>&1 & ;;
     esac
     SPID=$!
     for _ in $(seq 200); do
@@ -160,6 +170,9 @@ for c in $CONFIGS; do
 done
 if [ -n "$QUOTA" ]; then
     echo "- server CPU quota: $QUOTA% of one core (cgroup $CGROUP)"
+fi
+if [ -n "${SERVER_THREADS:-}" ]; then
+    echo "- server threads: $SERVER_THREADS (TOKIO_WORKER_THREADS / GOMAXPROCS), whatever its cores"
 fi
 changed=$(git diff --name-only HEAD -- src 2>/dev/null | tr '\n' ' ')
 echo "- imd: $(git rev-parse --short HEAD 2>/dev/null || echo '?')${changed:+ (uncommitted changes in: ${changed% })}" \

@@ -11,8 +11,8 @@
 # If imc fails, exits with imc's status instead (see `imc --help`).
 # Blank lines are skipped.
 #
-# Environment: IMC (the imc binary, default `imc` on PATH); IMC_IP,
-# IMC_PORT, IMC_NAME, IMC_TIMEOUT as for imc; NOTIFY_PREFIX, text put
+# Environment: IMC (the imc binary, default `imc` on PATH); IMC_HOST
+# (or IMC_IP), IMC_PORT, IMC_NAME, IMC_TIMEOUT as for imc; NOTIFY_PREFIX, text put
 # before each line (e.g. "[build] ").
 set -u -o pipefail
 

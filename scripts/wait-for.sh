@@ -11,8 +11,8 @@
 # Exit status: 0 found (or the command's), 2 usage, 3 cannot connect or
 # connection lost, 4 nothing matching within WAIT_TIMEOUT seconds.
 #
-# Environment: IMC (the imc binary, default `imc` on PATH); IMC_IP,
-# IMC_PORT, IMC_NAME as for imc (IMC_NAME names the waiting connection);
+# Environment: IMC (the imc binary, default `imc` on PATH); IMC_HOST
+# (or IMC_IP), IMC_PORT, IMC_NAME as for imc (IMC_NAME names the waiting connection);
 # WAIT_TIMEOUT, seconds to wait (default 60).
 set -u
 

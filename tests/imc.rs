@@ -116,6 +116,76 @@ fn whisper_reaches_only_its_target() {
     carol.expect_none_before(r"hi there", r"^<carol> fence$");
 }
 
+/// `--host` takes a host name as well as an address (`localhost` here),
+/// `--ip` is its older name, and IMC_HOST beats IMC_IP (still read when
+/// IMC_HOST is not set: the other tests here rely on that).
+#[test]
+fn host_takes_a_name_and_ip_is_its_older_name() {
+    let server = TestServer::start();
+    let mut bob = server.client("bob");
+    let send = |extra: &[&str], env: &[(&str, &str)], name: &str, text: &str| {
+        let mut cmd = server.imc();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.args(extra)
+            .args(["--name", name, "send", text])
+            .assert()
+            .success();
+    };
+    send(
+        &["--host", "localhost"],
+        &[("IMC_IP", "192.0.2.1")],
+        "a1",
+        "by name",
+    );
+    bob.expect("^<a1> by name$");
+    send(
+        &["--ip", "127.0.0.1"],
+        &[("IMC_IP", "192.0.2.1")],
+        "a2",
+        "old flag",
+    );
+    bob.expect("^<a2> old flag$");
+    let env = [("IMC_HOST", "localhost"), ("IMC_IP", "no such host!")];
+    send(&[], &env, "a3", "by IMC_HOST");
+    bob.expect("^<a3> by IMC_HOST$");
+}
+
+/// A host that is neither an address nor a name, or that carries a port,
+/// is a usage error (exit 2) saying what is wrong, before connecting; so
+/// is a bad IMC_IP.
+#[test]
+fn a_bad_host_is_a_usage_error() {
+    let server = TestServer::start();
+    let refused = |extra: &[&str], env: Option<(&str, &str)>, says: &str| {
+        let mut cmd = server.imc();
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        cmd.args(extra)
+            .args(["send", "never"])
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(says));
+    };
+    refused(
+        &["--host", "chat.example.org:8000"],
+        None,
+        "the port goes in --port",
+    );
+    refused(
+        &["--host", "bad host"],
+        None,
+        "not an IP address or host name",
+    );
+    refused(&["--host", ""], None, "empty host");
+    refused(&[], Some(("IMC_IP", "no such host!")), "IMC_IP");
+    let mut bob = server.client("bob");
+    bob.send("fence");
+    bob.expect_none_before("never", "^<bob> fence$");
+}
+
 /// A whisper to a name nobody has exits 1 with the server's reason.
 #[test]
 fn whisper_to_nobody_is_refused() {

@@ -147,6 +147,7 @@ fn a_known_conversation_scrapes_exactly() {
         ("imd_slow_consumers_cut_total".into(), 0),
         ("imd_queued_bytes".into(), 0),
         ("imd_failed_logins_total".into(), 0),
+        ("imd_rate_limited_total".into(), 0),
     ];
     want.extend(labelled(
         "imd_disconnects_total",
@@ -169,6 +170,29 @@ fn a_known_conversation_scrapes_exactly() {
         .filter(|k| !want.iter().any(|(w, _)| w == k))
         .collect();
     assert!(unchecked.is_empty(), "not checked: {unchecked:?}");
+}
+
+/// `imd_rate_limited_total` counts each pause of a sender over
+/// `--max-lines-per-sec`: at 1 a second (one at once), three lines in one
+/// write are the first on the burst, the second on credit (a pause), the
+/// third a second later (another).
+#[test]
+fn rate_limited_counts_each_pause() {
+    let (srv, metrics) =
+        TestServer::start_binary_with_metrics(&["--idle-timeout", "0", "--max-lines-per-sec", "1"]);
+    let mut ear = srv.client("ear");
+    let mut flood = srv.raw_client("flood");
+    flood.send_raw(b"a\nb\nc\n");
+    ear.expect(r"^<\S+> a$");
+    ear.expect(r"^<\S+> b$");
+    ear.expect(r"^<\S+> c$");
+    scrape_until(
+        metrics,
+        &[
+            ("imd_rate_limited_total", 2),
+            ("imd_lines_received_total", 4),
+        ],
+    );
 }
 
 /// Only `GET /metrics` (and HEAD) is served: another path is 404, another

@@ -638,6 +638,26 @@ fn limit_flags_are_applied() {
     limits_are_two_connections_and_presence_for_one(&srv);
 }
 
+/// `--max-lines-per-sec` given as a flag is applied: at 1 a second, a
+/// sender's eight lines come out one a second, so another user's line
+/// sent after the first of them overtakes the last (seven seconds later).
+/// The behaviour itself, on virtual time:
+/// `timeouts::a_sender_over_its_line_rate_is_slowed_and_loses_nothing`.
+#[test]
+fn line_rate_flag_is_applied() {
+    let srv = TestServer::start_binary(&["--max-lines-per-sec", "1", "--idle-timeout", "0"]);
+    let mut alice = srv.client("alice");
+    let mut flood = srv.client("flood");
+    let mut other = srv.client("other");
+    // One write, so that without the rate one read holds all eight and
+    // they are broadcast together, before `x` is even sent.
+    let lines: String = (1..=8).map(|i| format!("l{i}\n")).collect();
+    flood.send_raw(lines.as_bytes());
+    alice.expect("^<flood> l1$");
+    other.send("x");
+    alice.expect_none_before("^<flood> l8$", "^<other> x$");
+}
+
 /// The same limits from `IMD_MAX_CONNECTIONS` and `IMD_PRESENCE_LIMIT`.
 #[test]
 fn limit_variables_are_applied() {

@@ -175,3 +175,64 @@ async fn a_sender_held_back_is_not_idle() {
         }
     }
 }
+
+/// Reads lines from `r` until one equals `last`; returns them all.
+async fn read_until(
+    r: &mut tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    last: &str,
+) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(line) = r.next_line().await.unwrap() {
+        let done = line == last;
+        got.push(line);
+        if done {
+            return got;
+        }
+    }
+    panic!("connection closed before {last:?}; got {got:?}");
+}
+
+/// `--max-lines-per-sec`: a flood over the rate is read at the rate, not
+/// refused or cut. Every line arrives, in order, the last no sooner than
+/// the rate allows (virtual time), while another user's line sent after
+/// the flood goes through at once, ahead of most of it.
+#[tokio::test(start_paused = true)]
+async fn a_sender_over_its_line_rate_is_slowed_and_loses_nothing() {
+    let (addr, _stop) = start(Config {
+        idle_timeout: None,
+        max_lines_per_sec: std::num::NonZeroU32::new(10),
+        ..Config::default()
+    })
+    .await;
+    let (mut ear, mut ew) = lines(addr).await;
+    ew.write_all(b"rename|ear\n").await.unwrap();
+    read_until(&mut ear, "ok rename: you are now ear").await;
+    let mut named = Vec::new();
+    for name in ["flood", "other"] {
+        let (mut r, mut w) = lines(addr).await;
+        w.write_all(format!("rename|{name}\n").as_bytes())
+            .await
+            .unwrap();
+        read_until(&mut r, &format!("ok rename: you are now {name}")).await;
+        named.push((r, w));
+    }
+    let [(mut flood, mut fw), (_or, mut ow)] = <[_; 2]>::try_from(named).unwrap();
+
+    let t0 = tokio::time::Instant::now();
+    let text: String = (0..30).map(|i| format!("line {i}\n")).collect();
+    fw.write_all(text.as_bytes()).await.unwrap();
+    ow.write_all(b"quick\n").await.unwrap();
+    let got = read_until(&mut ear, "<flood> line 29").await;
+    let elapsed = t0.elapsed();
+
+    let flood_lines: Vec<&String> = got.iter().filter(|l| l.starts_with("<flood> ")).collect();
+    let want: Vec<String> = (0..30).map(|i| format!("<flood> line {i}")).collect();
+    assert_eq!(flood_lines, want.iter().collect::<Vec<_>>(), "{got:?}");
+    let quick = got.iter().position(|l| l == "<other> quick");
+    let quick = quick.unwrap_or_else(|| panic!("no <other> quick in {got:?}"));
+    assert!(quick < 20, "the other user waited for the flood: {got:?}");
+    // 10 at once (less the rename's token), then 10 a second: about 2 s.
+    assert!(elapsed >= Duration::from_millis(1800), "{elapsed:?}");
+    // The flooder itself was only slowed: it hears its own last line.
+    read_until(&mut flood, "<flood> line 29").await;
+}

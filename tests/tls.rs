@@ -951,3 +951,42 @@ async fn cluster_links_over_rediss() {
     assert!(err.contains("cannot reach redis at rediss://"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+/// `imc --host NAME --tls` checks the server's certificate against the
+/// host name, as a real server's certificate names its DNS name rather
+/// than an address; the same certificate dialled by address is refused.
+#[tokio::test]
+async fn imc_checks_the_certificate_against_the_host_name() {
+    let certs = Certs::new(&["localhost"]);
+    let server = tls_server(certs.tls());
+    let by_name = format!("localhost:{}", server.port());
+    let mut bob = Client::connect_with(&by_name, EXPECT_TIMEOUT, Some(&certs.connector()))
+        .await
+        .unwrap();
+    bob.rename("bob").await.unwrap();
+    server
+        .imc()
+        .args(certs.imc_args())
+        .args(["--host", "localhost", "--name", "alice", "send", "by name"])
+        .assert()
+        .success();
+    expect(&mut bob, "^<alice> by name$").await;
+
+    let out = server
+        .imc()
+        .args(certs.imc_args())
+        .args(["--host", "127.0.0.1", "send", "by address"])
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not valid for the address dialled"), "{err}");
+    bob.say("fence").await.unwrap();
+    assert_eq!(bob.who().await.unwrap(), ["bob"]);
+    let events = received(&mut bob).await;
+    assert!(
+        events.iter().all(|e| !e.contains("by address")),
+        "{events:?}"
+    );
+}

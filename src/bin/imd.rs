@@ -64,6 +64,11 @@ struct Args {
     /// `too-many-connections`. 0: no limit.
     #[arg(long, env = "IMD_MAX_CONNECTS_PER_IP", default_value_t = 0, value_parser = clap::value_parser!(u32))]
     max_connects_per_ip: u32,
+    /// Most lines a second each user may send, a second's worth at once;
+    /// a faster sender is not refused but read more slowly (its client
+    /// waits). 0: no limit.
+    #[arg(long, env = "IMD_MAX_LINES_PER_SEC", default_value_t = 0, value_parser = clap::value_parser!(u32))]
+    max_lines_per_sec: u32,
     /// Online/offline/rename notices are sent only while at most this many
     /// users are online (each join told to everyone costs N² lines).
     #[arg(long, env = "IMD_PRESENCE_LIMIT", default_value_t = 1000)]
@@ -186,6 +191,7 @@ async fn main() -> ExitCode {
             max_per_ip: args.max_per_ip as usize,
             connects_per_sec: args.max_connects_per_ip,
         },
+        max_lines_per_sec: std::num::NonZeroU32::new(args.max_lines_per_sec),
         presence_limit: args.presence_limit as usize,
         stall_timeout: Duration::from_millis(args.stall_ms),
         accounts: accounts.clone(),

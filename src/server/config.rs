@@ -1,6 +1,7 @@
 //! The server's limits: every resource a client can make the server spend
 //! is bounded by one of these, and each says why its default is what it is.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,12 @@ pub struct Config {
     /// share one address, and a server with no limits configured behaves
     /// as the protocol always has; README's "On a network" gives values.
     pub per_ip: Limits,
+    /// Most lines a second each user may send (`--max-lines-per-sec`),
+    /// with a second's worth at once; more are not refused but read later
+    /// (see [`line_rate`](super::line_rate)). None by default: scripts and
+    /// benches that send fast keep the speed the protocol always allowed;
+    /// README's "On a network" gives a value for public servers.
+    pub max_lines_per_sec: Option<NonZeroU32>,
     /// Presence notices are sent only while at most this many are online
     /// (see [`Hub`](super::hub::Hub)).
     pub presence_limit: usize,
@@ -74,6 +81,7 @@ impl Default for Config {
             max_connections: 10_000,
             tls: None,
             per_ip: Limits::NONE,
+            max_lines_per_sec: None,
             presence_limit: 1000,
             shutdown_grace: Duration::from_secs(5),
             stall_timeout: Duration::from_millis(1000),

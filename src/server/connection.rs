@@ -50,6 +50,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, LoginError, NoSuchUser, RenameError, User};
+use super::line_rate::LineRate;
 use super::metrics::Opened;
 use super::outbox::PeerSocket;
 use crate::protocol::codec::{Frame, FrameError, LineCodec};
@@ -196,16 +197,41 @@ impl Connection {
         tokio::pin!(idle_sleep);
         let mut buf = BytesMut::new();
         let mut chunk = SMALL_READ;
+        let mut rate = config
+            .max_lines_per_sec
+            .map(|n| LineRate::new(n, Instant::now()));
+        let mut read_again_at = None;
         loop {
             while self.congested.is_empty() {
                 match codec.decode(&mut buf) {
-                    Ok(Some(frame)) => self.handle(frame).await,
+                    Ok(Some(frame)) => {
+                        self.handle(frame).await;
+                        read_again_at = rate.as_mut().and_then(|r| r.take(Instant::now()));
+                        if read_again_at.is_some() {
+                            hub.metrics().rate_limited();
+                            self.flush();
+                            break;
+                        }
+                    }
                     Ok(None) => {
                         self.flush();
                         break;
                     }
                     Err(e) => return self.flooded(e),
                 }
+            }
+            // Over its line rate: the rest waits in the socket until the
+            // bucket is paid back (src/server/line_rate.rs).
+            if let Some(at) = read_again_at.take() {
+                tokio::select! {
+                    biased;
+                    end = self.ended(shutdown) => return end,
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+                if let Some(idle) = idle {
+                    idle_sleep.as_mut().reset(Instant::now() + idle);
+                }
+                continue;
             }
             // Redis behind on this node's publishes holds senders back the
             // same way as a slow reader does.

@@ -15,7 +15,8 @@
 //!   failed logins per address.
 //! - [`tls`]: the TLS handshake (`--tls-cert`) in each connection's task,
 //!   and the TLS writer the outbox writes to.
-//! - [`connection`]: one client's session: read, parse, call the hub, reply.
+//! - [`connection`]: one client's session: read, parse, call the hub,
+//!   reply; [`line_rate`]: the flood control it applies to what it reads.
 //! - [`hub`]: who is online, the protocol's operations, fan-out.
 //! - [`outbox`]: the per-user queue, bounded in bytes, and its writer.
 //! - [`cluster`]: several nodes as one chat over Redis (`imd --redis`),
@@ -32,6 +33,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod line_rate;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;

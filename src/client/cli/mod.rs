@@ -68,9 +68,13 @@ pub const EXIT_TIMEOUT: u8 = 4;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "imc", version, after_help = EXIT_CODES)]
 pub struct Args {
-    /// Server address.
-    #[arg(long, env = "IMC_IP", default_value = "127.0.0.1")]
-    pub ip: IpAddr,
+    /// Server: an IP address (`192.0.2.10`, `::1`) or a host name
+    /// (`chat.example.org`, resolved when imc connects, each address tried
+    /// in turn). With --tls, the certificate must name it. `--ip` is its
+    /// older name; IMC_IP is read when IMC_HOST is not set. [default:
+    /// 127.0.0.1]
+    #[arg(long, visible_alias = "ip", env = "IMC_HOST", value_name = "HOST", value_parser = parse_host)]
+    pub host: Option<String>,
     /// Server port.
     #[arg(long, env = "IMC_PORT", default_value_t = 8000)]
     pub port: u16,
@@ -85,7 +89,7 @@ pub struct Args {
     pub timeout: Duration,
     /// Connect with TLS (to an imd started with --tls-cert), checking the
     /// server's certificate against the system's roots (or --ca) and the
-    /// address in --ip. A certificate that fails the check is a connect
+    /// name in --host. A certificate that fails the check is a connect
     /// error (exit 3) saying why; there is no way to skip the check.
     #[arg(long, env = "IMC_TLS", value_parser = clap::builder::FalseyValueParser::new())]
     pub tls: bool,
@@ -237,6 +241,53 @@ impl BenchCmd {
     }
 }
 
+/// Where imc connects when neither --host nor IMC_HOST nor IMC_IP says.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+
+/// `--host`: an IP address (IPv6 with or without brackets) or a DNS name,
+/// without a port (that is `--port`).
+fn parse_host(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    if s.is_empty() {
+        return Err("empty host".into());
+    }
+    if s.contains(':') {
+        return Err(format!(
+            "{s:?} is not an IP address or host name (the port goes in --port)"
+        ));
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let name = s.strip_suffix('.').unwrap_or(s);
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("{s:?} is not an IP address or host name"));
+    }
+    Ok(s.to_string())
+}
+
+impl Args {
+    /// The server as `HOST:PORT` (`[V6]:PORT`), the form [`Client::connect`]
+    /// dials and the TLS check reads its name from: --host (or IMC_HOST,
+    /// or IMC_IP, see [`execute`]), else [`DEFAULT_HOST`].
+    pub fn server_addr(&self) -> String {
+        let host = self.host.as_deref().unwrap_or(DEFAULT_HOST);
+        match host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, self.port).to_string(),
+            Err(_) => format!("{host}:{}", self.port),
+        }
+    }
+}
+
 /// Parses a number of seconds (fractions allowed) into a duration.
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
@@ -295,6 +346,16 @@ impl CliError {
 /// Runs the command `args` asks for. The binary prints the error (unless
 /// [`CliError::is_quiet`]) and exits with [`CliError::exit_code`].
 pub async fn execute(mut args: Args) -> Result<(), CliError> {
+    // IMC_IP is --host's older variable: read when neither --host nor
+    // IMC_HOST is given, and checked the same way.
+    if args.host.is_none() {
+        if let Some(ip) = std::env::var("IMC_IP")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            args.host = Some(parse_host(&ip).map_err(|e| CliError::Usage(format!("IMC_IP: {e}")))?);
+        }
+    }
     // A CA file that cannot be used is a usage error, found before
     // connecting, whatever the command.
     if args.tls && args.tls_connector.is_none() {
@@ -325,7 +386,7 @@ async fn scenarios(
     expect_timeout: Duration,
 ) -> Result<(), CliError> {
     use crate::client::scenario::{self, Scenario, Target};
-    let addr = SocketAddr::new(args.ip, args.port).to_string();
+    let addr = args.server_addr();
     let tls = tls_connector(args).map_err(CliError::Usage)?;
     let mut parsed = Vec::new();
     for f in files {
@@ -364,7 +425,7 @@ async fn scenarios(
 /// `imc bench`: runs the benchmark and prints the report; exit 4 if it
 /// hit its time limit before everything arrived.
 async fn bench(args: &Args, cmd: &BenchCmd) -> Result<(), CliError> {
-    let addr = SocketAddr::new(args.ip, args.port).to_string();
+    let addr = args.server_addr();
     let tls = tls_connector(args).map_err(CliError::Usage)?;
     if let Some(fan) = cmd.fanout() {
         return bench_fanout(
@@ -435,7 +496,7 @@ async fn bench_fanout(
 /// Connects (with TLS for `--tls`) and claims `--name`, within
 /// `--timeout` in all.
 pub async fn connect(args: &Args) -> Result<Client, ClientError> {
-    let addr = SocketAddr::new(args.ip, args.port).to_string();
+    let addr = args.server_addr();
     let start = async {
         let tls = tls_connector(args).map_err(|e| ClientError::Connect {
             addr: addr.clone(),

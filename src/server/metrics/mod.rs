@@ -71,6 +71,8 @@ pub struct Metrics {
     errors: [AtomicU64; ErrorCode::ALL.len()],
     /// Connections ended, by [`reason_slot`].
     disconnects: [AtomicU64; REASONS.len()],
+    /// Times a sender was paused for its line rate (`--max-lines-per-sec`).
+    rate_limited: AtomicU64,
 }
 
 /// The open connections' counters, and what the closed ones counted.
@@ -163,6 +165,7 @@ impl Metrics {
             conns: Mutex::new(Conns::default()),
             errors: Default::default(),
             disconnects: Default::default(),
+            rate_limited: AtomicU64::new(0),
         })
     }
 
@@ -199,6 +202,12 @@ impl Metrics {
         if let Some(slot) = reason_slot(reason) {
             self.disconnects[slot].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a sender paused for going over its line rate: at most the
+    /// rate per user and second, so a shared atomic is cheap enough.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The per-connection counters summed over every connection, open or
@@ -333,6 +342,12 @@ impl Collector for Scrape {
             "imd_failed_logins",
             "Logins refused (wrong password, unknown name, or too many failures from the address).",
             src.failed_logins(),
+        )?;
+        counter(
+            e,
+            "imd_rate_limited",
+            "Times a sender was paused for going over --max-lines-per-sec (its next lines read later).",
+            m.rate_limited.load(Ordering::Relaxed),
         )?;
         gauge(e, "imd_queued_bytes", "Output queued for all users, in bytes, each line charged 32 bytes more than its length.", src.queued_bytes() as u64)?;
         if let Some(c) = src.cluster() {
