@@ -972,16 +972,12 @@ async fn imc_checks_the_certificate_against_the_host_name() {
         .success();
     expect(&mut bob, "^<alice> by name$").await;
 
-    let out = server
-        .imc()
-        .args(certs.imc_args())
-        .args(["--host", "127.0.0.1", "send", "by address"])
-        .assert()
-        .code(3)
-        .get_output()
-        .clone();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not valid for the address dialled"), "{err}");
+    imc_cannot_connect(
+        &server,
+        &certs,
+        &["--host", "127.0.0.1", "send", "by address"],
+        "not valid for the address dialled",
+    );
     bob.say("fence").await.unwrap();
     assert_eq!(bob.who().await.unwrap(), ["bob"]);
     let events = received(&mut bob).await;
