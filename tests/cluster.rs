@@ -3,25 +3,15 @@
 
 use std::time::Duration;
 
-use crate::support::{assert_one_rename_winner, imd_command, RedisServer, RefusedPort, TestServer};
+use crate::support::{
+    assert_one_rename_winner, imd_command, node, node_flags, node_with, RedisServer, RefusedPort,
+    TestServer, NODE_TTL,
+};
 
-/// A node of a cluster on `redis`. Its presence TTL is long (30 s), so a
-/// node slowed down by a loaded machine is never reaped as lost; the test
-/// of node loss uses [`node_with_ttl`].
-fn node(redis: &RedisServer) -> TestServer {
-    node_with_ttl(redis, 30)
-}
-
-/// A node with a presence TTL of `ttl` seconds.
+/// A node with a presence TTL of `ttl` seconds (the tests of node loss;
+/// the others use [`node`], with [`NODE_TTL`]).
 fn node_with_ttl(redis: &RedisServer, ttl: u32) -> TestServer {
-    TestServer::start_binary(&[
-        "--redis",
-        &redis.url(),
-        "--cluster-ttl",
-        &ttl.to_string(),
-        "--idle-timeout",
-        "0",
-    ])
+    TestServer::start_binary(&node_flags(&redis.url(), &ttl.to_string()))
 }
 
 /// A cluster node's metrics show its link: up, and the PUBLISH commands
@@ -31,14 +21,7 @@ fn node_with_ttl(redis: &RedisServer, ttl: u32) -> TestServer {
 fn metrics_show_the_cluster_link() {
     use crate::metrics::scrape_until;
     let mut redis = RedisServer::start();
-    let (n1, metrics) = TestServer::start_binary_with_metrics(&[
-        "--redis",
-        &redis.url(),
-        "--cluster-ttl",
-        "30",
-        "--idle-timeout",
-        "0",
-    ]);
+    let (n1, metrics) = TestServer::start_binary_with_metrics(&node_flags(&redis.url(), NODE_TTL));
     let n2 = node(&redis);
     let mut bob = n2.client("bob");
     let mut alice = n1.client("alice");
@@ -277,29 +260,12 @@ fn a_sender_waits_while_redis_is_behind() {
     const LINES: usize = 4000;
     const QUEUE: usize = 1024 * 1024;
     let redis = RedisServer::start();
-    let n1 = TestServer::start_binary_env(
-        &[
-            "--redis",
-            &redis.url(),
-            "--cluster-ttl",
-            "30",
-            "--idle-timeout",
-            "0",
-            "--cluster-queue-bytes",
-            &QUEUE.to_string(),
-        ],
+    let n1 = node_with(
+        &redis,
+        &["--cluster-queue-bytes", &QUEUE.to_string()],
         &[("TOKIO_WORKER_THREADS", "1")],
     );
-    let n2 = TestServer::start_binary(&[
-        "--redis",
-        &redis.url(),
-        "--cluster-ttl",
-        "30",
-        "--idle-timeout",
-        "0",
-        "--queue-bytes",
-        &(16 * QUEUE).to_string(),
-    ]);
+    let n2 = node_with(&redis, &["--queue-bytes", &(16 * QUEUE).to_string()], &[]);
     let mut bob = n2.client("bob");
     let line = |i: usize| format!("line {i:05} {}", "x".repeat(990));
 

@@ -228,18 +228,14 @@ fn a_reader_slower_than_a_flood_but_reading_is_not_cut() {
     });
     let mut reader = srv.client("reader");
     let flooder = srv.client("flooder");
-    // 120-byte lines: 7 MB, more than the socket buffers (the sending one
-    // grows to 4 MB) and the 1 MiB queue hold together.
-    const LINES: usize = 60_000;
-    let line = |i: usize| format!("{i:08} {}", "x".repeat(110));
     // The flooder writes everything as fast as its socket takes it, and
     // reads its own lines back on another thread so it is not the slow one.
     let mut out = flooder.stream().try_clone().unwrap();
     let mut echo = flooder.stream().try_clone().unwrap();
     let writer = std::thread::spawn(move || {
         let mut buf = Vec::new();
-        for i in 0..LINES {
-            buf.extend_from_slice(line(i).as_bytes());
+        for i in 0..FLOOD_LINES {
+            buf.extend_from_slice(flood_line(i).as_bytes());
             buf.push(b'\n');
             if buf.len() > 64 * 1024 {
                 std::io::Write::write_all(&mut out, &buf).unwrap();
@@ -255,32 +251,65 @@ fn a_reader_slower_than_a_flood_but_reading_is_not_cut() {
     // The reader: 64 KiB every 20 ms at most, steadily.
     let mut s = reader.stream().try_clone().unwrap();
     s.set_read_timeout(Some(EXPECT_TIMEOUT)).unwrap();
-    let mut pending = Vec::new();
-    let mut next = 0;
+    let mut seen = FloodSeen::default();
     let mut chunk = vec![0u8; 64 * 1024];
-    while next < LINES {
+    while seen.lines < FLOOD_LINES {
         std::thread::sleep(Duration::from_millis(20)); // the reader's pace
         let n = s.read(&mut chunk).expect("reader still connected");
-        assert!(n > 0, "reader cut after {next} of {LINES} lines");
-        pending.extend_from_slice(&chunk[..n]);
-        let complete = pending
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        for got in String::from_utf8_lossy(&pending[..complete]).lines() {
-            if let Some(text) = got.strip_prefix("<flooder> ") {
-                assert_eq!(text, line(next), "lost or reordered");
-                next += 1;
-            } else {
-                assert!(!got.contains("reader is offline"), "{got}");
-            }
-        }
-        pending.drain(..complete);
+        assert!(
+            n > 0,
+            "reader cut after {} of {FLOOD_LINES} lines",
+            seen.lines
+        );
+        seen.take(&chunk[..n]);
     }
     writer.join().unwrap();
     assert_eq!(reader.who(), vec!["flooder", "reader"]);
     flooder.quit(); // ends the echo drain's read
     drain.join().unwrap();
+}
+
+/// How many lines the flood of the slow-reader tests has (here and in
+/// `tls::a_tls_reader_slower_than_a_flood_is_not_cut`): 120-byte lines,
+/// 7 MB, more than the socket buffers (the sending one grows to 4 MB) and
+/// the 1 MiB queue hold together.
+pub const FLOOD_LINES: usize = 60_000;
+
+/// Line `i` of that flood, without its newline.
+pub fn flood_line(i: usize) -> String {
+    format!("{i:08} {}", "x".repeat(110))
+}
+
+/// What the slow reader of that flood has received so far: every line
+/// from `flooder` checked, in order, as it arrives, and no notice that the
+/// reader itself went offline.
+#[derive(Default)]
+pub struct FloodSeen {
+    /// The flooder's lines received, all of them in order.
+    pub lines: usize,
+    /// The start of a line whose end has not arrived yet.
+    pending: Vec<u8>,
+}
+
+impl FloodSeen {
+    /// Checks the lines that `bytes`, just read, complete.
+    pub fn take(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        let complete = self
+            .pending
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        for got in String::from_utf8_lossy(&self.pending[..complete]).lines() {
+            if let Some(text) = got.strip_prefix("<flooder> ") {
+                assert_eq!(text, flood_line(self.lines), "lost or reordered");
+                self.lines += 1;
+            } else {
+                assert!(!got.contains("reader is offline"), "{got}");
+            }
+        }
+        self.pending.drain(..complete);
+    }
 }
 
 /// A TCP connection to `srv` from the loopback address `from` (127.0.0.x):

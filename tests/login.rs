@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use imchat::server::accounts::{hash_password, Accounts};
 use imchat::server::Config;
 
-use crate::support::{imd_command, test_config, LineClient, TestServer, Transcript};
+use crate::support::{
+    imd_command, node, node_with, test_config, LineClient, TestServer, Transcript,
+};
 
 /// A password no other text of a session contains, so finding it in a log
 /// means it leaked.
@@ -54,12 +56,19 @@ fn server_with(path: &Path) -> (TestServer, Arc<Accounts>) {
     (srv, accounts)
 }
 
+/// [`server_with`] an accounts file that registers `alice` with
+/// [`ALICE_PW`]; the directory guard keeps the file.
+fn alice_registered() -> (tempfile::TempDir, TestServer, Arc<Accounts>) {
+    let (dir, path) = accounts_file(&[("alice", ALICE_PW)]);
+    let (srv, accounts) = server_with(&path);
+    (dir, srv, accounts)
+}
+
 /// A right password: the user is told `ok login`, the others see the
 /// usual rename notice, and `who` lists the name.
 #[test]
 fn login_takes_a_registered_name() {
-    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let (srv, _) = server_with(&path);
+    let (_dir, srv, _) = alice_registered();
     let mut bob = srv.client("bob");
     let mut a = srv.raw_client("a");
     bob.expect(&format!(r"^\*\*\* {} is online$", regex::escape(&a.name)));
@@ -79,8 +88,7 @@ fn login_takes_a_registered_name() {
 /// the user keeps its name.
 #[test]
 fn failed_logins_give_no_hint_and_change_nothing() {
-    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let (srv, accounts) = server_with(&path);
+    let (_dir, srv, accounts) = alice_registered();
     let mut bob = srv.client("bob");
     let mut m = srv.client("mallory");
     m.send("login|alice|guess");
@@ -105,8 +113,7 @@ fn failed_logins_give_no_hint_and_change_nothing() {
 /// unregistered names work as before.
 #[test]
 fn rename_to_a_registered_name_is_refused() {
-    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let (srv, _) = server_with(&path);
+    let (_dir, srv, _) = alice_registered();
     let mut bob = srv.client("bob");
     let mut c = srv.raw_client("c");
     c.send("rename|alice");
@@ -156,8 +163,7 @@ fn login_takes_a_name_back_from_a_user_who_did_not_log_in() {
 /// login with the right password: `name-taken`, and the first keeps it.
 #[test]
 fn a_logged_in_name_is_not_taken_by_a_second_login() {
-    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let (srv, _) = server_with(&path);
+    let (_dir, srv, _) = alice_registered();
     let mut first = srv.raw_client("first");
     first.send(&format!("login|alice|{ALICE_PW}"));
     first.expect_next("^ok login: you are now alice$");
@@ -175,8 +181,7 @@ fn a_logged_in_name_is_not_taken_by_a_second_login() {
 /// can log in again from elsewhere.
 #[test]
 fn renaming_away_gives_the_name_up() {
-    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let (srv, _) = server_with(&path);
+    let (_dir, srv, _) = alice_registered();
     let mut a = srv.raw_client("a");
     a.send(&format!("login|alice|{ALICE_PW}"));
     a.expect_next("^ok login: you are now alice$");
@@ -371,8 +376,7 @@ fn shutdown_does_not_wait_for_a_login_on_the_brake() {
 /// server's reason and sends nothing.
 #[test]
 fn imc_logs_in_with_imc_password() {
-    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let (srv, _) = server_with(&path);
+    let (_dir, srv, _) = alice_registered();
     let mut bob = srv.client("bob");
     srv.imc()
         .env("IMC_PASSWORD", ALICE_PW)
@@ -433,8 +437,7 @@ fn imc_says_how_to_log_in_when_the_name_is_registered() {
 /// (here with piped stdin, where it cannot prompt).
 #[test]
 fn repl_logs_in_when_the_name_is_registered() {
-    let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let (srv, _) = server_with(&path);
+    let (_dir, srv, _) = alice_registered();
     let mut bob = srv.client("bob");
     srv.imc()
         .env("IMC_PASSWORD", ALICE_PW)
@@ -457,19 +460,8 @@ fn repl_logs_in_when_the_name_is_registered() {
 fn cluster_login_claims_the_name_and_respects_other_nodes() {
     let redis = crate::support::RedisServer::start();
     let (_dir, path) = accounts_file(&[("alice", ALICE_PW)]);
-    let url = redis.url();
-    let common = [
-        "--redis",
-        &url,
-        "--cluster-ttl",
-        "30",
-        "--idle-timeout",
-        "0",
-    ];
-    let mut with_accounts = common.to_vec();
-    with_accounts.extend(["--accounts", path.to_str().unwrap()]);
-    let n1 = TestServer::start_binary(&with_accounts);
-    let n2 = TestServer::start_binary(&common);
+    let n1 = node_with(&redis, &["--accounts", path.to_str().unwrap()], &[]);
+    let n2 = node(&redis);
     let mut squatter = n2.client("alice");
     let mut watch = n2.client("watch");
     let mut owner = n1.raw_client("owner");

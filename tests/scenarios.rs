@@ -7,17 +7,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use imchat::client::scenario::{self, Outcome, Scenario, Target};
+use imchat::client::tls::TlsConnector;
 use imchat::server::Config;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{test_config, TestServer};
 
-fn scenario_dir() -> PathBuf {
+/// tests/scenarios/, where the scenario files are.
+pub fn scenario_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios")
 }
 
-fn load(path: &std::path::Path) -> Scenario {
+/// The scenario file at `path`, parsed (a parse error fails the test).
+pub fn load(path: &std::path::Path) -> Scenario {
     let text = std::fs::read_to_string(path).unwrap();
     Scenario::parse(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -33,7 +36,15 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Runs `s` against the real imd binary started with the file's `# imd:`
 /// flags; `server shuts down` sends it SIGTERM and wants exit status 0.
 fn run_on_imd(s: &Scenario) -> Outcome {
-    let args: Vec<&str> = s.imd_args.iter().map(String::as_str).collect();
+    run_on_imd_with(s, &[], None)
+}
+
+/// [`run_on_imd`] with `extra` flags for imd after the file's, and the
+/// runner connecting over TLS with `tls` (the flags then name a
+/// certificate; see `tls::flagged_scenarios_pass_over_tls`).
+pub fn run_on_imd_with(s: &Scenario, extra: &[&str], tls: Option<TlsConnector>) -> Outcome {
+    let mut args: Vec<&str> = s.imd_args.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
     let mut srv = TestServer::start_binary(&args);
     let target = Target {
         addr: srv.addr().to_string(),
@@ -45,7 +56,7 @@ fn run_on_imd(s: &Scenario) -> Outcome {
                 .ok_or_else(|| format!("imd exited with {status}"))
         })),
         started_with_flags: true,
-        tls: None,
+        tls,
     };
     runtime().block_on(scenario::run_on(s, target, Duration::from_secs(5)))
 }

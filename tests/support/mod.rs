@@ -131,7 +131,16 @@ impl TestServer {
 
     /// imd in-process with the given limits.
     pub fn with_config(config: Config) -> TestServer {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        TestServer::on_listener(listener, config)
+    }
+
+    /// imd in-process on a listener the test made, for socket options that
+    /// accepted connections inherit from it (a small `SO_SNDBUF`, so that
+    /// a reader's socket is full after a few kilobytes).
+    pub fn on_listener(listener: std::net::TcpListener, config: Config) -> TestServer {
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -140,15 +149,13 @@ impl TestServer {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 server::run(listener, config, async {
                     let _ = stop_rx.await;
                 })
                 .await;
             });
         });
-        let addr = addr_rx.recv().expect("server thread started");
         TestServer {
             addr,
             running: Running::InProcess {
@@ -719,6 +726,33 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A presence TTL for cluster nodes long enough (30 s) that a node slowed
+/// down by a loaded machine is never reaped as lost; only the tests of
+/// node loss use a shorter one.
+pub const NODE_TTL: &str = "30";
+
+/// The flags of an `imd` cluster node on the Redis at `url`
+/// ([`RedisServer::url`]): a presence TTL of `ttl` seconds, and no idle
+/// timeout.
+pub fn node_flags<'a>(url: &'a str, ttl: &'a str) -> [&'a str; 6] {
+    ["--redis", url, "--cluster-ttl", ttl, "--idle-timeout", "0"]
+}
+
+/// A cluster node on `redis`: the `imd` binary with [`node_flags`] and
+/// [`NODE_TTL`].
+pub fn node(redis: &RedisServer) -> TestServer {
+    node_with(redis, &[], &[])
+}
+
+/// [`node`] with `extra` flags after the cluster's, and `env` as in
+/// [`TestServer::start_binary_env`].
+pub fn node_with(redis: &RedisServer, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
+    let url = redis.url();
+    let mut args = node_flags(&url, NODE_TTL).to_vec();
+    args.extend_from_slice(extra);
+    TestServer::start_binary_env(&args, env)
 }
 
 /// A port that was free a moment ago. Only for servers that cannot pick
