@@ -118,7 +118,9 @@ fn whisper_reaches_only_its_target() {
 
 /// `--host` takes a host name as well as an address (`localhost` here),
 /// `--ip` is its older name, and IMC_HOST beats IMC_IP (still read when
-/// IMC_HOST is not set: the other tests here rely on that).
+/// IMC_HOST is not set: the other tests here rely on that). An IMC_IP set
+/// but blank counts as unset: imc dials 127.0.0.1 instead of refusing an
+/// empty host.
 #[test]
 fn host_takes_a_name_and_ip_is_its_older_name() {
     let server = TestServer::start();
@@ -150,6 +152,8 @@ fn host_takes_a_name_and_ip_is_its_older_name() {
     let env = [("IMC_HOST", "localhost"), ("IMC_IP", "no such host!")];
     send(&[], &env, "a3", "by IMC_HOST");
     bob.expect("^<a3> by IMC_HOST$");
+    send(&[], &[("IMC_IP", " ")], "a4", "blank IMC_IP");
+    bob.expect("^<a4> blank IMC_IP$");
 }
 
 /// A host that is neither an address nor a name, or that carries a port,

@@ -176,6 +176,30 @@ async fn a_sender_held_back_is_not_idle() {
     }
 }
 
+/// The idle clock does not run while the line rate holds a sender back:
+/// the server's pauses are not the user's silence. A flood read at 10
+/// lines a second (about 2 s of pauses, the last one after the flood's
+/// last line) with an idle timeout of 300 s leaves the sender connected,
+/// and its next line goes out as usual.
+#[tokio::test(start_paused = true)]
+async fn a_sender_slowed_by_its_line_rate_is_not_idle() {
+    let (addr, _stop) = start(Config {
+        idle_timeout: Some(Duration::from_secs(300)),
+        max_lines_per_sec: std::num::NonZeroU32::new(10),
+        ..Config::default()
+    })
+    .await;
+    let (mut flood, mut fw) = lines(addr).await;
+    fw.write_all(b"rename|flood\n").await.unwrap();
+    read_until(&mut flood, "ok rename: you are now flood").await;
+    let text: String = (0..30).map(|i| format!("line {i}\n")).collect();
+    fw.write_all(text.as_bytes()).await.unwrap();
+    read_until(&mut flood, "<flood> line 29").await;
+    fw.write_all(b"after\n").await.unwrap();
+    let got = read_until(&mut flood, "<flood> after").await;
+    assert_eq!(got, ["<flood> after"], "the sender was cut: {got:?}");
+}
+
 /// Reads lines from `r` until one equals `last`; returns them all.
 async fn read_until(
     r: &mut tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,

@@ -542,3 +542,87 @@ pub async fn within<T>(
 
 /// How long [`Client::close`] may wait for the server to close its side.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// `--host` and the address imc dials, at their exact edges (the
+/// integration tests in `tests/imc.rs` run the binary; these pin the
+/// values, so that a looser check or a wrong form cannot pass).
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    /// `n` labels of `len` letters joined by dots.
+    fn name_of(labels: usize, len: usize) -> String {
+        vec!["a".repeat(len); labels].join(".")
+    }
+
+    /// Addresses come back in their usual form, brackets and blanks gone;
+    /// names come back as given, a final dot kept.
+    #[test]
+    fn good_hosts_are_kept() {
+        for (given, want) in [
+            ("127.0.0.1", "127.0.0.1"),
+            (" 192.0.2.10 ", "192.0.2.10"),
+            ("::1", "::1"),
+            ("[::1]", "::1"),
+            ("[2001:DB8::0001]", "2001:db8::1"),
+            ("localhost", "localhost"),
+            ("chat.example.org", "chat.example.org"),
+            ("chat.example.org.", "chat.example.org."),
+            ("my-host_1.example", "my-host_1.example"),
+            ("x", "x"),
+        ] {
+            assert_eq!(parse_host(given).as_deref(), Ok(want), "{given:?}");
+        }
+        // A label may have 63 characters, a name 253 (without the final dot).
+        let long_label = "a".repeat(63);
+        assert_eq!(parse_host(&long_label), Ok(long_label.clone()));
+        let longest = format!("{}.{}", name_of(63, 3), "a".repeat(253 - 63 * 4));
+        assert_eq!(longest.len(), 253);
+        assert_eq!(parse_host(&longest), Ok(longest.clone()));
+        let dotted = format!("{longest}.");
+        assert_eq!(parse_host(&dotted), Ok(dotted.clone()));
+    }
+
+    /// Each way a host can be wrong is refused with what is wrong.
+    #[test]
+    fn bad_hosts_say_why() {
+        let err = |s: &str| parse_host(s).expect_err(s);
+        assert_eq!(err(""), "empty host");
+        assert_eq!(err("   "), "empty host");
+        assert!(err("chat.example.org:8000").contains("the port goes in --port"));
+        assert!(err("[::1]:8000").contains("the port goes in --port"));
+        let too_long = format!("{}.{}", name_of(63, 3), "a".repeat(254 - 63 * 4));
+        assert_eq!(too_long.len(), 254);
+        for bad in [
+            "bad host",
+            "a..b",
+            ".a",
+            "a/b",
+            "héllo",
+            &"a".repeat(64),
+            &too_long,
+        ] {
+            assert_eq!(
+                err(bad),
+                format!("{bad:?} is not an IP address or host name"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// `HOST:PORT` as dialled: IPv6 in brackets, a name as it is, and
+    /// 127.0.0.1 when no host is given.
+    #[test]
+    fn server_addr_joins_host_and_port() {
+        let mut args = Args::try_parse_from(["imc", "--port", "7000"]).unwrap();
+        for (host, want) in [
+            (None, "127.0.0.1:7000"),
+            (Some("192.0.2.1"), "192.0.2.1:7000"),
+            (Some("::1"), "[::1]:7000"),
+            (Some("chat.example.org"), "chat.example.org:7000"),
+        ] {
+            args.host = host.map(String::from);
+            assert_eq!(args.server_addr(), want, "{host:?}");
+        }
+    }
+}
