@@ -477,6 +477,58 @@ mod tests {
         assert!(!text.contains("node_lost") && !text.contains("imd_cluster"));
     }
 
+    /// Two connections open at once count as two (each its own entry),
+    /// one cut for not reading counts as cut while open and once closed,
+    /// and the rate-limit pauses and failed logins reach the text (0 for
+    /// a source without accounts, which is what the default says).
+    #[test]
+    fn two_connections_a_cut_and_the_rate_limit() {
+        let metrics = Metrics::new();
+        let unbounded = || Budget::new(usize::MAX);
+        let (fine, _fine_drain) = outbox(1 << 20, Duration::from_secs(1), unbounded());
+        let (slow, _slow_drain) = outbox(1, Duration::from_secs(1), unbounded());
+        let a = metrics.open(fine.tally());
+        let b = metrics.open(slow.tally());
+        assert!(!slow.push(Bytes::from_static(b"more than a queue of 1 byte\n")));
+        b.line_received();
+        let open = Totals {
+            connections: 2,
+            lines_received: 1,
+            deliveries: 0,
+            bytes_sent: 0,
+            slow_consumers_cut: 1,
+        };
+        assert_eq!(metrics.totals(), open);
+        drop(b);
+        assert_eq!(
+            metrics.totals(),
+            Totals {
+                connections: 1,
+                ..open
+            }
+        );
+        drop(a);
+        assert_eq!(
+            metrics.totals(),
+            Totals {
+                connections: 0,
+                ..open
+            }
+        );
+        metrics.rate_limited();
+        metrics.rate_limited();
+        let text = render(&registry(Arc::new(Fixed(metrics, None))));
+        for line in [
+            "imd_connections 0",
+            "imd_lines_received_total 1",
+            "imd_slow_consumers_cut_total 1",
+            "imd_rate_limited_total 2",
+            "imd_failed_logins_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+    }
+
     /// A cluster node also shows its link.
     #[test]
     fn a_cluster_node_shows_its_link() {
