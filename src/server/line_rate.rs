@@ -93,7 +93,9 @@ mod tests {
         let mut r = LineRate::new(rate(50), t0);
         let mut now = t0;
         let mut lines = 0;
-        while now < t0 + Duration::from_secs(10) {
+        // Bounded, so that a bucket that never makes a line wait fails
+        // here at once instead of looping for ever.
+        while now < t0 + Duration::from_secs(10) && lines < 10_000 {
             lines += 1;
             if let Some(until) = r.take(now) {
                 now = until;
