@@ -254,7 +254,13 @@ mod tests {
     /// Sends `request` on a fresh in-memory connection and returns the
     /// whole answer.
     async fn ask(request: &[u8]) -> String {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
+        ask_through(request, 1 << 16).await
+    }
+
+    /// [`ask`] through a pipe that holds at most `pipe` bytes, so that the
+    /// server reads the request in pieces of that size at most.
+    async fn ask_through(request: &[u8], pipe: usize) -> String {
+        let (mut client, server) = tokio::io::duplex(pipe);
         let registry = test_registry();
         let served = tokio::spawn(async move { answer(server, &registry).await });
         client.write_all(request).await.unwrap();
@@ -306,6 +312,32 @@ mod tests {
         let mut request = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
         request.resize(MAX_HEAD + 2048, b'a');
         let got = ask(&request).await;
+        assert!(
+            got.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{got}"
+        );
+    }
+
+    /// A head of 8 KiB (the documented limit, written out here so that a
+    /// smaller [`MAX_HEAD`] fails) is served, even when it fills the
+    /// buffer exactly before its blank line arrives.
+    #[tokio::test]
+    async fn a_head_of_8_kib_is_served() {
+        let mut request = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        request.resize(8192, b'a');
+        request.extend_from_slice(b"\r\n\r\n");
+        let got = ask(&request).await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    }
+
+    /// A head over the limit is refused however the reads split it (here
+    /// 1000 bytes at a time, so the bytes read are never exactly
+    /// [`MAX_HEAD`]), not read on until the client gives up.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_head_read_in_odd_pieces_is_refused() {
+        let mut request = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        request.resize(9000, b'a');
+        let got = ask_through(&request, 1000).await;
         assert!(
             got.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
             "{got}"
