@@ -1,5 +1,6 @@
-//! Names and user text: which names a user may choose, and how text from
-//! the network is made safe to show on a terminal.
+//! Names and user text: which names a user may choose, when two names are
+//! the same name ([`fold`]), and how text from the network is made safe to
+//! show on a terminal.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
