@@ -335,6 +335,37 @@ fn sighup_reloads_the_accounts_file() {
     a.expect_next("^ok login: you are now alice$");
 }
 
+/// Runs `imd --port 0 --accounts path`, which should refuse the file:
+/// its exit code and stderr. If it listens instead (it prints its address
+/// on stdout), it is killed and the test fails at once, not hangs.
+fn imd_refusing_accounts(path: &Path) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    use std::process::Stdio;
+    let mut child = imd_command()
+        .args(["--port", "0", "--accounts", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    if !first.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("imd listens instead of refusing the file: {first}");
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap().code(), err)
+}
+
 /// An invalid accounts file at start (a hash not Argon2id, one name in
 /// two spellings): imd says which line and exits 1;
 /// `hash-password` with nothing on stdin exits 2.
@@ -361,17 +392,12 @@ fn invalid_accounts_file_at_start_exits_1() {
 
     let h = hash_password("pw");
     std::fs::write(&path, format!("alice:{h}\nbob:{h}\nALICE:{h}\n")).unwrap();
-    let out = imd_command()
-        .args(["--port", "0", "--accounts", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = imd_refusing_accounts(&path);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("accounts:3:") && err.contains("'ALICE' and 'alice' are one name"),
         "{err}"
     );
-    assert!(out.stdout.is_empty(), "imd must not listen");
 
     let missing = imd_command()
         .args(["--port", "0", "--accounts", "/nonexistent/accounts"])
