@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    assert_one_rename_winner, imd_command, node, node_flags, node_with, RedisServer, RefusedPort,
-    TestServer, NODE_TTL,
+    assert_one_rename_winner, assert_one_spelling_wins, imd_command, node, node_flags, node_with,
+    RedisServer, RefusedPort, TestServer, NODE_TTL,
 };
 
 /// A node with a presence TTL of `ttl` seconds (the tests of node loss;
@@ -90,6 +90,51 @@ fn concurrent_renames_on_two_nodes_have_one_winner() {
             .collect();
         assert_one_rename_winner(&mut clients, &name);
     }
+}
+
+/// Names that differ only in case are one name across the cluster: a
+/// name held on one node is taken on the other in any capitals, a whisper
+/// in other capitals crosses nodes and `ok to` shows the holder's
+/// spelling; a holder that respells its name keeps the claim; and of
+/// concurrent renames to spellings of one name on two nodes, one wins.
+#[test]
+fn names_in_other_capitals_are_one_name_across_nodes() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis);
+    let n2 = node(&redis);
+    let spellings = ["prize", "Prize", "PRIZE", "pRIZE", "PriZe"];
+    let spellings: Vec<String> = spellings
+        .iter()
+        .chain(&spellings)
+        .map(|s| s.to_string())
+        .collect();
+    let mut clients: Vec<_> = (0..5)
+        .map(|i| n1.raw_client(&format!("a{i}")))
+        .chain((0..5).map(|i| n2.raw_client(&format!("b{i}"))))
+        .collect();
+    assert_one_spelling_wins(&mut clients, &spellings);
+
+    let mut alice = n1.client("alice");
+    let mut bob = n2.client("bob");
+    alice.expect(r"is now known as bob$");
+    bob.send("rename|ALICE");
+    bob.expect_next("^error name-taken: ");
+    bob.send("to|ALICE|psst");
+    bob.expect_next("^ok to alice: psst$");
+    alice.expect(r"^\*bob\* psst$");
+    alice.send("rename|Alice");
+    alice.expect_next("^ok rename: you are now Alice$");
+    bob.expect(r"^\*\*\* alice is now known as Alice$");
+    bob.send("rename|alice");
+    bob.expect_next("^error name-taken: ");
+    bob.send("to|aLiCe|again");
+    bob.expect_next("^ok to Alice: again$");
+    alice.expect(r"^\*bob\* again$");
+    let who = bob.who();
+    assert!(
+        who.contains(&"Alice".to_string()) && !who.contains(&"alice".to_string()),
+        "{who:?}"
+    );
 }
 
 /// Each user sees each sender's lines in the order sent, across nodes.

@@ -195,6 +195,67 @@ fn renaming_away_gives_the_name_up() {
     assert_eq!(a.who(), ["al", "alice"]);
 }
 
+/// A registered name is one name in any capitals: renames to `Alice` or
+/// `ALICE` are refused as registered, `login|ALICE|...` logs in under the
+/// file's spelling `alice`, the owner may respell it (everyone is told,
+/// and it still holds the name: a second login is refused), and a whisper
+/// to it in any capitals gets there, answered with its spelling.
+#[test]
+fn a_registered_name_is_one_name_in_any_capitals() {
+    let (_dir, srv, _) = alice_registered();
+    let mut bob = srv.client("bob");
+    let mut a = srv.raw_client("a");
+    for spelling in ["Alice", "ALICE"] {
+        a.send(&format!("rename|{spelling}"));
+        a.expect_next(&format!(
+            r"^error name-registered: use login\|{spelling}\|PASSWORD$"
+        ));
+    }
+    a.send(&format!("login|ALICE|{ALICE_PW}"));
+    a.expect_next("^ok login: you are now alice$");
+    bob.expect(&format!(
+        r"^\*\*\* {} is now known as alice$",
+        regex::escape(&a.name)
+    ));
+    a.send("rename|Alice");
+    a.expect_next("^ok rename: you are now Alice$");
+    bob.expect(r"^\*\*\* alice is now known as Alice$");
+    let mut second = srv.raw_client("second");
+    second.send(&format!("login|alice|{ALICE_PW}"));
+    second.expect_next("^error name-taken: ");
+    bob.send("to|ALICE|hi");
+    bob.expect_next("^ok to Alice: hi$");
+    a.expect(r"^\*bob\* hi$");
+    a.send("fence");
+    second.expect_none_before(r"renamed|known as|\bhi$", "^<Alice> fence$");
+    assert_eq!(bob.who(), [&second.name, "Alice", "bob"], "sorted");
+}
+
+/// A user holding a name in other capitals before the name is registered
+/// loses it when the owner logs in: both renames are announced, the owner
+/// under the file's spelling.
+#[test]
+fn a_login_takes_back_a_name_held_in_other_capitals() {
+    let (_dir, path) = accounts_file(&[("bob", "bobs-pw")]);
+    let (srv, accounts) = server_with(&path);
+    let mut watch = srv.client("watch");
+    let mut squatter = srv.client("ALICE");
+    let addr = regex::escape(&squatter.name);
+    write_accounts(&path, &[("alice", ALICE_PW), ("bob", "bobs-pw")]);
+    assert_eq!(accounts.reload().unwrap(), 2);
+    let mut owner = srv.raw_client("owner");
+    owner.send(&format!("login|Alice|{ALICE_PW}"));
+    owner.expect_next("^ok login: you are now alice$");
+    squatter.expect_next(&format!(
+        r"^\*\*\* renamed: you are now {addr} \(alice is a registered name and its owner logged in\)$"
+    ));
+    watch.expect(&format!(r"^\*\*\* ALICE is now known as {addr}$"));
+    watch.expect(&format!(
+        r"^\*\*\* {} is now known as alice$",
+        regex::escape(&owner.name)
+    ));
+}
+
 /// Waits (bounded) for a log line containing `needle`.
 fn wait_for_log(log: &Receiver<String>, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -220,8 +281,9 @@ fn send_signal(srv: &TestServer, signal: libc::c_int) {
 }
 
 /// The real binary: an account added to the file works after SIGHUP
-/// (synchronised on imd's log line), a broken file on the next SIGHUP
-/// keeps the accounts in use, and the hash comes from `imd
+/// (synchronised on imd's log line), a file with one name in two
+/// spellings or a broken file on the next SIGHUP keeps the accounts in
+/// use, and the hash comes from `imd
 /// hash-password`.
 #[test]
 fn sighup_reloads_the_accounts_file() {
@@ -253,6 +315,17 @@ fn sighup_reloads_the_accounts_file() {
     d.send("login|dave|dave-pw");
     d.expect_next("^ok login: you are now dave$");
 
+    // Two spellings of one name: refused like any bad file, naming both.
+    std::fs::write(&path, format!("{text}\nDave:{}", hash.trim())).unwrap();
+    sighup(&srv);
+    let err = wait_for_log(&log, "accounts not reloaded");
+    assert!(
+        err.contains("'Dave' and 'dave' are one name"),
+        "the error names both: {err}"
+    );
+    d.send("login|DAVE|dave-pw");
+    d.expect_next("^ok login: you are now dave$");
+
     std::fs::write(&path, "dave:not-a-hash\n").unwrap();
     sighup(&srv);
     let err = wait_for_log(&log, "accounts not reloaded");
@@ -262,7 +335,39 @@ fn sighup_reloads_the_accounts_file() {
     a.expect_next("^ok login: you are now alice$");
 }
 
-/// An invalid accounts file at start: imd says which line and exits 1;
+/// Runs `imd --port 0 --accounts path`, which should refuse the file:
+/// its exit code and stderr. If it listens instead (it prints its address
+/// on stdout), it is killed and the test fails at once, not hangs.
+fn imd_refusing_accounts(path: &Path) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    use std::process::Stdio;
+    let mut child = imd_command()
+        .args(["--port", "0", "--accounts", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    if !first.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("imd listens instead of refusing the file: {first}");
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap().code(), err)
+}
+
+/// An invalid accounts file at start (a hash not Argon2id, one name in
+/// two spellings): imd says which line and exits 1;
 /// `hash-password` with nothing on stdin exits 2.
 #[test]
 fn invalid_accounts_file_at_start_exits_1() {
@@ -284,6 +389,15 @@ fn invalid_accounts_file_at_start_exits_1() {
         "{err}"
     );
     assert!(out.stdout.is_empty(), "imd must not listen");
+
+    let h = hash_password("pw");
+    std::fs::write(&path, format!("alice:{h}\nbob:{h}\nALICE:{h}\n")).unwrap();
+    let (code, err) = imd_refusing_accounts(&path);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("accounts:3:") && err.contains("'ALICE' and 'alice' are one name"),
+        "{err}"
+    );
 
     let missing = imd_command()
         .args(["--port", "0", "--accounts", "/nonexistent/accounts"])

@@ -124,7 +124,7 @@ scenario_files! {
     framing_too_long,
     idle_timeout,
     names_address_and_rules,
-    names_are_case_sensitive,
+    names_ignore_case,
     pipelining,
     portable_empty_line_is_ignored,
     portable_rename_to_own_name,

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::support::{
-    assert_one_rename_winner, test_config, LineClient, TestServer, EXPECT_TIMEOUT,
+    assert_one_rename_winner, assert_one_spelling_wins, test_config, LineClient, TestServer,
+    EXPECT_TIMEOUT,
 };
 use imchat::server::Config;
 
@@ -66,6 +67,8 @@ fn rename_refuses_taken_and_invalid_names() {
     let mut bob = srv.client("bob");
     bob.send("rename|alice");
     bob.expect_next("^error name-taken: ");
+    bob.send("rename|ALICE");
+    bob.expect_next("^error name-taken: name 'ALICE' is taken$");
     for bad in ["a b", "a|b", "x\x1b[2J", "127.0.0.1:9", "<root>"] {
         bob.send(&format!("rename|{bad}"));
         bob.expect_next("^error bad-name: ");
@@ -91,6 +94,20 @@ fn concurrent_renames_to_one_name_have_one_winner() {
         let mut clients: Vec<_> = (0..8).map(|i| srv.raw_client(&format!("c{i}"))).collect();
         assert_one_rename_winner(&mut clients, &name);
     }
+}
+
+/// Of concurrent renames to spellings of one name in other capitals
+/// (`prize`, `Prize`, `PRIZE`, ...), exactly one wins: they are one name.
+#[test]
+fn concurrent_renames_to_one_name_in_other_capitals_have_one_winner() {
+    let srv = TestServer::start();
+    let spellings: Vec<String> = ["prize", "Prize", "PRIZE", "pRIZE", "PriZe", "prizE"]
+        .map(String::from)
+        .into();
+    let mut clients: Vec<_> = (0..spellings.len())
+        .map(|i| srv.raw_client(&format!("c{i}")))
+        .collect();
+    assert_one_spelling_wins(&mut clients, &spellings);
 }
 
 /// v0.7: a whisper reaches only its target; the sender gets a confirmation

@@ -1,5 +1,6 @@
-//! Names and user text: which names a user may choose, and how text from
-//! the network is made safe to show on a terminal.
+//! Names and user text: which names a user may choose, when two names are
+//! the same name ([`fold`]), and how text from the network is made safe to
+//! show on a terminal.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -40,6 +41,23 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
         return Err(NameError::TooLong);
     }
     Ok(())
+}
+
+/// The form of a name that decides whether two names are the same: its
+/// Unicode lowercase ([`str::to_lowercase`]). `Alice`, `ALICE` and `alice`
+/// fold to `alice`, so they are one name for uniqueness, for registered
+/// names and for whispers, while each user keeps the spelling it chose for
+/// display. This is the one definition: the name table, the accounts
+/// table and the cluster's name claims all key on it.
+///
+/// Why lowercasing and not full Unicode case folding: it is in std (no
+/// table of our own to keep in step), it is what a reader sees as "the same
+/// name in other capitals", and names are letters and digits only, where
+/// the two differ in a handful of letters (`ß` stays `ß`, so `STRASSE` and
+/// `straße` are different names). Address names (`127.0.0.1:5555`,
+/// `[::1]:5555`) have no capitals and fold to themselves.
+pub fn fold(name: &str) -> String {
+    name.to_lowercase()
 }
 
 /// True for characters that must never reach a terminal raw: C0 and C1
@@ -89,6 +107,24 @@ mod tests {
         assert_eq!(validate_name("127.0.0.1:80"), Err(NameError::BadChar(':')));
         assert_eq!(validate_name(&"x".repeat(33)), Err(NameError::TooLong));
         assert!(validate_name(&"x".repeat(32)).is_ok());
+    }
+
+    /// Names that differ only in case fold to one; others, and address
+    /// names, stay apart.
+    #[test]
+    fn fold_makes_case_variants_one_name() {
+        assert_eq!(fold("Alice"), "alice");
+        assert_eq!(fold("ALICE"), fold("alice"));
+        assert_eq!(fold("ÉLODIE"), fold("élodie"));
+        assert_eq!(fold("ΣΟΦΙΑ"), fold("σοφια"));
+        assert_ne!(fold("alice"), fold("alice2"));
+        assert_ne!(
+            fold("STRASSE"),
+            fold("straße"),
+            "lowercase, not full folding"
+        );
+        assert_eq!(fold("127.0.0.1:5555"), "127.0.0.1:5555");
+        assert_eq!(fold("[::1]:5555"), "[::1]:5555");
     }
 
     #[test]

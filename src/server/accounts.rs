@@ -11,8 +11,9 @@
 //!
 //! NAME follows the name rules of PROTOCOL.md; HASH is an Argon2id PHC
 //! string, as `imd hash-password` prints it. Spaces around either are
-//! ignored. A name listed twice, a bad name or a hash that is not Argon2id
-//! makes the whole file invalid: at start imd exits 1, on a reload
+//! ignored. A name listed twice (also in other capitals: `alice` and
+//! `Alice` are one name, see [`fold`]), a bad name or a hash that is not
+//! Argon2id makes the whole file invalid: at start imd exits 1, on a reload
 //! (SIGHUP) the accounts in use are kept and the error is logged.
 //!
 //! # Checking a password
@@ -37,7 +38,7 @@ use password_hash::SaltString;
 use tokio::sync::Semaphore;
 
 use super::throttle::Throttle;
-use crate::protocol::validate_name;
+use crate::protocol::{fold, validate_name};
 
 /// Most password checks running at once. Each holds 19 MiB and a core for
 /// tens of milliseconds; four bound that to under 80 MiB and leave cores
@@ -63,14 +64,37 @@ pub enum AccountsError {
     },
 }
 
+/// One registered name.
+#[derive(Clone)]
+pub struct Account {
+    /// The name as the file spells it: what a user who logs in is called,
+    /// whatever capitals they typed.
+    pub name: String,
+    /// Its Argon2id PHC string.
+    pub hash: String,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the hash.
+        f.debug_struct("Account")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The registered names, keyed by their [`fold`]ed form, so a lookup in
+/// any capitals finds the account.
+pub type Table = HashMap<String, Account>;
+
 /// The registered names and the state of logins: the table from the file
 /// (swapped whole on reload), the brake per address, and the count of
 /// failures.
 pub struct Accounts {
     path: Option<PathBuf>,
-    /// NAME → its Argon2id PHC string. Read on every login and rename,
+    /// Folded NAME → its account. Read on every login and rename,
     /// written only by a reload, which swaps in a whole new table.
-    table: RwLock<Arc<HashMap<String, String>>>,
+    table: RwLock<Arc<Table>>,
     /// A hash of a random password with the default parameters, checked
     /// for names that are not registered.
     dummy: String,
@@ -118,8 +142,8 @@ pub fn hash_password(password: &str) -> String {
 }
 
 /// Parses an accounts file's text; `path` is only for the messages.
-pub fn parse(path: &str, text: &str) -> Result<HashMap<String, String>, AccountsError> {
-    let mut table = HashMap::new();
+pub fn parse(path: &str, text: &str) -> Result<Table, AccountsError> {
+    let mut table = Table::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -151,14 +175,25 @@ pub fn parse(path: &str, text: &str) -> Result<HashMap<String, String>, Accounts
         if let Err(e) = argon2::Params::try_from(&parsed) {
             return Err(bad(format!("'{name}': bad Argon2 parameters ({e})")));
         }
-        if table.insert(name.to_string(), hash.to_string()).is_some() {
-            return Err(bad(format!("'{name}' is listed twice")));
+        let account = Account {
+            name: name.to_string(),
+            hash: hash.to_string(),
+        };
+        if let Some(first) = table.insert(fold(name), account) {
+            return Err(bad(if first.name == name {
+                format!("'{name}' is listed twice")
+            } else {
+                format!(
+                    "'{name}' and '{}' are one name (names that differ only in case are the same name)",
+                    first.name
+                )
+            }));
         }
     }
     Ok(table)
 }
 
-fn read_file(path: &Path) -> Result<HashMap<String, String>, AccountsError> {
+fn read_file(path: &Path) -> Result<Table, AccountsError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| AccountsError::Read {
         path: shown.clone(),
@@ -174,20 +209,17 @@ impl Accounts {
         Ok(Accounts::build(Some(path.to_path_buf()), table))
     }
 
-    /// Accounts from a table in memory (tests; `reload` then keeps it).
+    /// Accounts from NAME → hash pairs in memory (tests; `reload` then
+    /// keeps them).
     pub fn from_table(table: HashMap<String, String>) -> Arc<Accounts> {
-        Accounts::build(None, table)
+        Accounts::build(None, table_of(table))
     }
 
-    fn build(path: Option<PathBuf>, table: HashMap<String, String>) -> Arc<Accounts> {
+    fn build(path: Option<PathBuf>, table: Table) -> Arc<Accounts> {
         Arc::new(Accounts::new(path, table, argon2_matches))
     }
 
-    fn new(
-        path: Option<PathBuf>,
-        table: HashMap<String, String>,
-        matches: fn(&str, &str) -> bool,
-    ) -> Accounts {
+    fn new(path: Option<PathBuf>, table: Table, matches: fn(&str, &str) -> bool) -> Accounts {
         Accounts {
             path,
             table: RwLock::new(Arc::new(table)),
@@ -200,7 +232,7 @@ impl Accounts {
         }
     }
 
-    fn read(&self) -> Arc<HashMap<String, String>> {
+    fn read(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -216,9 +248,15 @@ impl Accounts {
         Ok(n)
     }
 
-    /// Whether `name` is registered.
+    /// Whether `name` is registered, in any capitals.
     pub fn is_registered(&self, name: &str) -> bool {
-        self.read().contains_key(name)
+        self.read().contains_key(&fold(name))
+    }
+
+    /// `name` as the accounts file spells it, if it is registered in any
+    /// capitals: `ALICE` is `alice` when the file says `alice`.
+    pub fn registered_name(&self, name: &str) -> Option<String> {
+        self.read().get(&fold(name)).map(|a| a.name.clone())
     }
 
     /// Failed logins since the start (for `imd_failed_logins_total`).
@@ -250,8 +288,8 @@ impl Accounts {
                 }
                 let hash = self
                     .read()
-                    .get(name)
-                    .cloned()
+                    .get(&fold(name))
+                    .map(|a| a.hash.clone())
                     .unwrap_or_else(|| self.dummy.clone());
                 let registered = self.is_registered(name);
                 let matches = self.check(hash, password.to_owned()).await;
@@ -293,6 +331,15 @@ impl Accounts {
         .await
         .unwrap_or(false)
     }
+}
+
+/// A [`Table`] from NAME → hash pairs (names assumed distinct after
+/// folding; a later one replaces an earlier).
+fn table_of(pairs: HashMap<String, String>) -> Table {
+    pairs
+        .into_iter()
+        .map(|(name, hash)| (fold(&name), Account { name, hash }))
+        .collect()
 }
 
 /// Whether `password` matches the PHC string `hash` (Argon2, with the
@@ -354,6 +401,39 @@ mod tests {
         assert!(weak.contains("bad Argon2 parameters"), "{weak}");
     }
 
+    /// Two lines whose names differ only in case are one name listed
+    /// twice: the file is refused, and the message names both spellings
+    /// and the line of the second.
+    #[test]
+    fn names_differing_only_in_case_are_listed_twice() {
+        let h = hash_password("pw");
+        let err = parse("f", &format!("alice:{h}\nbob:{h}\nALICE:{h}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f:3: 'ALICE' and 'alice' are one name"),
+            "{err}"
+        );
+        let t = parse("f", &format!("Alice:{h}\n")).unwrap();
+        assert_eq!(
+            t["alice"].name, "Alice",
+            "keyed by the fold, spelled as in the file"
+        );
+    }
+
+    /// A registered name is found in any capitals, and reported as the
+    /// file spells it; its password checks under any capitals too.
+    #[tokio::test]
+    async fn a_registered_name_is_found_in_any_capitals() {
+        let a = Accounts::from_table(table(&[("Alice", "secret")]));
+        assert!(a.is_registered("alice") && a.is_registered("ALICE"));
+        assert!(!a.is_registered("alice2"));
+        assert_eq!(a.registered_name("aLiCe").as_deref(), Some("Alice"));
+        assert_eq!(a.registered_name("bob"), None);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(a.verify(ip, "ALICE", "secret").await, Verdict::Accepted);
+    }
+
     /// The right password is accepted, a wrong one and an unknown name
     /// are rejected and counted.
     #[tokio::test]
@@ -382,7 +462,7 @@ mod tests {
         }
         let real = table(&[("alice", "secret")]);
         let alices = real["alice"].clone();
-        let a = Accounts::new(None, real, record);
+        let a = Accounts::new(None, table_of(real), record);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(a.verify(ip, "nobody", "secret").await, Verdict::Rejected);
         assert_eq!(a.checks(), 1, "the unknown name was not checked");
@@ -437,7 +517,8 @@ mod tests {
             }
         }
         assert_eq!(MAX_VERIFYING, 4, "README and the docs say 4");
-        let a = Accounts::new(None, HashMap::from([("alice".into(), "HASH".into())]), held);
+        let pairs = HashMap::from([("alice".into(), "HASH".into())]);
+        let a = Accounts::new(None, table_of(pairs), held);
         let opener = Opener;
         let mut logins: Vec<_> = (0..10u8)
             .map(|i| {

@@ -413,10 +413,11 @@ impl Connection {
         }
         let text = visible(text);
         match self.hub.whisper(&self.user, to, &text).await {
-            Ok(congested) => {
-                self.congested.extend(congested);
+            Ok(sent) => {
+                self.congested.extend(sent.congested);
+                // The recipient's own spelling, whatever capitals were typed.
                 self.reply(ServerLine::Sent {
-                    to: to.into(),
+                    to: sent.to,
                     text: text.into_owned(),
                 });
             }
@@ -477,14 +478,15 @@ impl Connection {
             checked = self.hub.check_login(&self.user, name, password) => checked,
         };
         let outcome = match checked {
-            Ok(()) => self.hub.take_login(&self.user, name).await,
+            // The accounts file's spelling of the name, whatever was typed.
+            Ok(name) => self.hub.take_login(&self.user, &name).await.map(|()| name),
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(()) => {
+            Ok(name) => {
                 let old = std::mem::replace(&mut self.name, self.user.name());
                 tracing::info!(old, name, addr = %self.user.addr, "logged in");
-                self.reply(ServerLine::LoggedIn { name: name.into() });
+                self.reply(ServerLine::LoggedIn { name });
             }
             Err(LoginError::AuthFailed) => self.reply(ServerLine::error(
                 ErrorCode::AuthFailed,

@@ -24,6 +24,13 @@
 //! sent, and a join, rename or leave is atomic with respect to every
 //! message. Cluster calls (Redis round trips) happen outside it.
 //!
+//! # Names in any capitals are one name
+//!
+//! The table is keyed by each name's [`fold`] (its lowercase), so `Alice`
+//! and `alice` cannot both be online, and a whisper to `ALICE` finds
+//! `alice`. Each [`User`] keeps the spelling it chose: that is what
+//! everyone sees.
+//!
 //! (Over 400 lines: about 220 of them are unit tests of each operation.)
 
 use std::collections::HashMap;
@@ -38,7 +45,7 @@ use super::cluster::{Cluster, LocalNode};
 use super::metrics::{ClusterStatus, Metrics, Source};
 use super::outbox::{count_lines, outbox, Budget, Drain, Outbox};
 use super::Config;
-use crate::protocol::{validate_name, LeaveReason, NameError, ServerLine};
+use crate::protocol::{fold, validate_name, LeaveReason, NameError, ServerLine};
 
 /// An online user as the hub sees it: where to send its lines.
 #[derive(Debug)]
@@ -118,6 +125,16 @@ pub enum LoginError {
     Taken,
 }
 
+/// A whisper that was delivered.
+#[derive(Debug)]
+pub struct Whispered {
+    /// The recipient's name as it spells it (the sender may have typed
+    /// other capitals).
+    pub to: String,
+    /// The recipient, if it is here and its queue is now congested.
+    pub congested: Option<Arc<User>>,
+}
+
 /// Why a whisper did not happen: nobody online has that name, here or on
 /// another node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +143,7 @@ pub struct NoSuchUser;
 /// Everyone online on this node, the limits, and the cluster link.
 #[derive(Debug)]
 pub struct Hub {
+    /// Everyone online here, by the [`fold`] of its name.
     users: Mutex<HashMap<String, Arc<User>>>,
     next_id: AtomicU64,
     /// The server's limits (every connection reads them from here).
@@ -248,7 +266,7 @@ impl Hub {
             if self.presence_on(users.len() + 1) {
                 fan_out(users.values(), &bytes, None);
             }
-            if let Some(old) = users.insert(name.to_string(), user.clone()) {
+            if let Some(old) = users.insert(fold(name), user.clone()) {
                 // Two live connections never share an address; if the OS
                 // reused one before we saw the old connection end, the old
                 // one goes.
@@ -283,8 +301,9 @@ impl Hub {
         .to_bytes();
         {
             let mut users = self.lock();
-            if users.get(name).is_some_and(|u| u.id == user.id) {
-                users.remove(name);
+            let key = fold(name);
+            if users.get(&key).is_some_and(|u| u.id == user.id) {
+                users.remove(&key);
                 if reason != LeaveReason::Shutdown && self.presence_on(users.len() + 1) {
                     fan_out(users.values(), &notice, None);
                 }
@@ -340,28 +359,36 @@ impl Hub {
     }
 
     /// Delivers the whisper `text` (already [visible](crate::protocol::visible))
-    /// from `sender` to `to`, here or on another node. On success, returns
-    /// the recipient if it is here and its queue is now congested.
+    /// from `sender` to `to` (in any capitals), here or on another node.
     pub async fn whisper(
         &self,
         sender: &User,
         to: &str,
         text: &str,
-    ) -> Result<Option<Arc<User>>, NoSuchUser> {
+    ) -> Result<Whispered, NoSuchUser> {
         let from = {
             let users = self.lock();
             // Read under the lock: never a name a login just took away.
             let from = sender.name();
-            if let Some(target) = users.get(to) {
+            if let Some(target) = users.get(&fold(to)) {
                 target.outbox.push(private_line(&from, text));
-                return Ok(target.outbox.congested().then(|| target.clone()));
+                return Ok(Whispered {
+                    to: target.name(),
+                    congested: target.outbox.congested().then(|| target.clone()),
+                });
             }
             from
         };
         // Not here: maybe on another node of the cluster.
-        match &self.cluster {
-            Some(c) if Box::pin(c.whisper(&from, to, text)).await => Ok(None),
-            _ => Err(NoSuchUser),
+        let Some(c) = &self.cluster else {
+            return Err(NoSuchUser);
+        };
+        match Box::pin(c.whisper(&from, to, text)).await {
+            Some(to) => Ok(Whispered {
+                to,
+                congested: None,
+            }),
+            None => Err(NoSuchUser),
         }
     }
 
@@ -370,41 +397,61 @@ impl Hub {
     /// Renaming to the name one has succeeds and tells nobody; renaming to
     /// a registered name is refused (only [`Hub::login`] takes it), and
     /// renaming away from a name taken by login gives it up.
+    ///
+    /// Names that differ only in case are one name ([`fold`]): renaming to
+    /// another spelling of one's own name keeps holding it (and a login
+    /// with it) under the new spelling, and everyone is told as for any
+    /// rename; another spelling of someone else's name is taken.
     pub async fn rename(&self, user: &Arc<User>, new: &str) -> Result<(), RenameError> {
         validate_name(new).map_err(RenameError::Invalid)?;
-        if user.name() == new {
+        let before = user.name();
+        if before == new {
             return Ok(());
         }
-        if self.accounts().is_some_and(|a| a.is_registered(new)) {
+        let key = fold(new);
+        let respell = fold(&before) == key;
+        let owner_respells = respell && user.logged_in();
+        if !owner_respells && self.accounts().is_some_and(|a| a.is_registered(new)) {
             return Err(RenameError::Registered);
         }
-        // In a cluster the name is first claimed atomically in Redis.
+        // In a cluster the name is first claimed atomically in Redis; a
+        // new spelling of one's own name is already claimed by this node.
         if let Some(c) = &self.cluster {
-            if !Box::pin(c.claim(new)).await {
+            if !respell && !Box::pin(c.claim(new)).await {
                 return Err(RenameError::Taken);
             }
         }
         let renamed = {
             let mut users = self.lock();
-            let free = !users.contains_key(new);
-            free.then(|| self.move_user(&mut users, user, new, false))
+            // A respelling needs the user to still hold the name (a login
+            // may have taken it back meanwhile); anything else a free name.
+            let ok = match users.get(&key) {
+                Some(holder) => respell && holder.id == user.id,
+                None => !respell,
+            };
+            ok.then(|| {
+                let logged_in = respell && user.logged_in();
+                self.move_user(&mut users, user, new, logged_in)
+            })
         };
         let Some((old, notice)) = renamed else {
             if let Some(c) = &self.cluster {
-                Box::pin(c.release(new)).await;
+                if !respell {
+                    Box::pin(c.release(new)).await;
+                }
             }
             return Err(RenameError::Taken);
         };
         if let Some(c) = &self.cluster {
-            Box::pin(c.remove_user(&old)).await;
-            Box::pin(c.add_user(new)).await;
+            Box::pin(cluster_moved(c, &old, new)).await;
             c.publish_notice(&notice);
         }
         Ok(())
     }
 
-    /// Logs `user` in as the registered `name` if `password` is its
-    /// password. Whoever holds `name` here without having logged in is
+    /// Logs `user` in as the registered `name` (in any capitals) if
+    /// `password` is its password, under the accounts file's spelling of
+    /// it, which it returns. Whoever holds `name` here without having logged in is
     /// renamed to its address and told why; a holder that logged in, or
     /// any holder on another node of a cluster, keeps it
     /// ([`LoginError::Taken`]). Everyone else sees the usual rename
@@ -416,28 +463,34 @@ impl Hub {
         user: &Arc<User>,
         name: &str,
         password: &str,
-    ) -> Result<(), LoginError> {
-        self.check_login(user, name, password).await?;
-        self.take_login(user, name).await
+    ) -> Result<String, LoginError> {
+        let name = self.check_login(user, name, password).await?;
+        self.take_login(user, &name).await?;
+        Ok(name)
     }
 
     /// The first half of [`Hub::login`]: whether `password` is `name`'s,
-    /// after the brake on the user's address. It changes nothing but the
-    /// brake and the failure count, so the caller may drop it half-way
-    /// (at shutdown) and leave no trace of the login.
+    /// after the brake on the user's address; if so, `name` as the
+    /// accounts file spells it (`ALICE` logs in as the file's `alice`:
+    /// a registered name looks the same whoever types it how). It changes
+    /// nothing but the brake and the failure count, so the caller may drop
+    /// it half-way (at shutdown) and leave no trace of the login.
     pub async fn check_login(
         &self,
         user: &Arc<User>,
         name: &str,
         password: &str,
-    ) -> Result<(), LoginError> {
+    ) -> Result<String, LoginError> {
         let Some(accounts) = self.accounts() else {
             return Err(LoginError::AuthFailed);
         };
         if Box::pin(accounts.verify(user.addr.ip(), name, password)).await != Verdict::Accepted {
             return Err(LoginError::AuthFailed);
         }
-        Ok(())
+        // A reload may have dropped it since the check: the typed one then.
+        Ok(accounts
+            .registered_name(name)
+            .unwrap_or_else(|| name.to_string()))
     }
 
     /// The second half of [`Hub::login`], once [`Hub::check_login`] said
@@ -447,7 +500,7 @@ impl Hub {
         // In a cluster, a name nobody here holds is claimed first; a
         // holder on another node keeps it (each node checks only its own
         // users' logins, so it cannot take a name back from another node).
-        let here = self.lock().contains_key(name);
+        let here = self.lock().contains_key(&fold(name));
         if let Some(c) = &self.cluster {
             if !here && !Box::pin(c.claim(name)).await {
                 return Err(LoginError::Taken);
@@ -474,8 +527,7 @@ impl Hub {
                 c.publish_notice(notice);
             }
             if let Some((old, notice)) = &old {
-                Box::pin(c.remove_user(old)).await;
-                Box::pin(c.add_user(name)).await;
+                Box::pin(cluster_moved(c, old, name)).await;
                 c.publish_notice(notice);
             }
         }
@@ -495,10 +547,16 @@ impl Hub {
     ) -> Result<(Option<(String, Bytes)>, Option<(String, Bytes)>), ()> {
         let mut users = self.lock();
         let mut displaced = None;
-        if let Some(holder) = users.get(name).cloned() {
+        if let Some(holder) = users.get(&fold(name)).cloned() {
             if holder.id == user.id {
-                user.set_name(name, true);
-                return Ok((None, None));
+                if user.name() == name {
+                    user.set_name(name, true);
+                    return Ok((None, None));
+                }
+                // Held under other capitals: now under the registered
+                // spelling, and everyone sees the change.
+                let moved = self.move_user(&mut users, user, name, true);
+                return Ok((Some(moved), None));
             }
             if holder.logged_in() {
                 return Err(());
@@ -531,8 +589,8 @@ impl Hub {
         logged_in: bool,
     ) -> (String, Bytes) {
         let old = user.name();
-        users.remove(&old);
-        users.insert(new.to_string(), user.clone());
+        users.remove(&fold(&old));
+        users.insert(fold(new), user.clone());
         user.set_name(new, logged_in);
         let notice = ServerLine::NameChanged {
             old: old.clone(),
@@ -574,14 +632,14 @@ impl LocalNode for Hub {
     }
 
     fn private(&self, to: &str, from: &str, text: &str) -> bool {
-        match self.lock().get(to) {
+        match self.lock().get(&fold(to)) {
             Some(target) => target.outbox.push(private_line(from, text)),
             None => false,
         }
     }
 
     fn names(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+        self.lock().values().map(|u| u.name()).collect()
     }
 }
 
@@ -609,6 +667,16 @@ impl Source for Hub {
             published: c.published(),
         })
     }
+}
+
+/// The cluster's part of a move from `old` to `new`: `new` is in `who`
+/// instead of `old`, and `old`'s claim is given up unless `new` is another
+/// spelling of it (one name, so the claim is `new`'s too).
+async fn cluster_moved(c: &Cluster, old: &str, new: &str) {
+    if fold(old) != fold(new) {
+        Box::pin(c.remove_user(old)).await;
+    }
+    Box::pin(c.add_user(new)).await;
 }
 
 /// `lines` (public lines `<FROM> TEXT`, each with its `\n`) with FROM
@@ -891,15 +959,21 @@ mod tests {
             ["*** b is online", "*** stuck is online"]
         );
         assert_eq!(b.lines(&hub).await, ["*** stuck is online"]);
-        assert!(hub.whisper(&a.user, "b", "psst").await.unwrap().is_none());
+        assert!(hub
+            .whisper(&a.user, "b", "psst")
+            .await
+            .unwrap()
+            .congested
+            .is_none());
         assert!(hub
             .whisper(&a.user, "stuck", "one")
             .await
             .unwrap()
+            .congested
             .is_none());
         let long = "x".repeat(40); // 40 + 32 + 5, after 40 for "one"
         let congested = hub.whisper(&a.user, "stuck", &long).await.unwrap();
-        assert_eq!(congested.map(|u| u.id), Some(stuck.id));
+        assert_eq!(congested.congested.map(|u| u.id), Some(stuck.id));
         assert_eq!(
             hub.whisper(&a.user, "nobody", "hi").await.unwrap_err(),
             NoSuchUser
@@ -929,6 +1003,39 @@ mod tests {
         assert_eq!(hub.who().await, ["0bob", "a"], "sorted");
         assert_eq!(a.lines(&hub).await, ["*** b is now known as 0bob"]);
         assert_eq!(b.lines(&hub).await, Vec::<String>::new());
+    }
+
+    /// Names that differ only in case are one name: another spelling of
+    /// someone's name is taken, a whisper in any capitals reaches the
+    /// holder and reports its spelling (from other nodes too), a holder
+    /// may respell its own name (everyone is told), and it leaves under
+    /// the new spelling.
+    #[tokio::test]
+    async fn names_in_other_capitals_are_one_name() {
+        let hub = hub_with(100, 1 << 20);
+        let mut a = join(&hub, "alice", 1).await;
+        let mut b = join(&hub, "b", 2).await;
+        assert_eq!(a.lines(&hub).await, ["*** b is online"]);
+        assert_eq!(hub.rename(&b.user, "ALICE").await, Err(RenameError::Taken));
+        let sent = hub.whisper(&b.user, "ALICE", "psst").await.unwrap();
+        assert_eq!(sent.to, "alice");
+        assert!(hub.private("Alice", "x", "from afar"));
+        assert_eq!(a.lines(&hub).await, ["*b* psst", "*x* from afar"]);
+        assert_eq!(hub.rename(&a.user, "Alice").await, Ok(()));
+        a.name = "Alice".into();
+        assert_eq!(b.lines(&hub).await, ["*** alice is now known as Alice"]);
+        assert_eq!(a.lines(&hub).await, Vec::<String>::new(), "the renamer");
+        assert_eq!(
+            hub.whisper(&b.user, "alice", "hi").await.unwrap().to,
+            "Alice"
+        );
+        let mut names = hub.names();
+        names.sort();
+        assert_eq!(names, ["Alice", "b"], "as spelled");
+        hub.leave(&a.user, LeaveReason::Quit).await;
+        assert_eq!(b.lines(&hub).await, ["*** Alice is offline (quit)"]);
+        assert_eq!(hub.who().await, ["b"]);
+        assert_eq!(hub.rename(&b.user, "alice").await, Ok(()), "free again");
     }
 
     /// What the cluster hands this node: public lines for everyone, notices

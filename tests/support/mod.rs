@@ -614,17 +614,32 @@ impl LineClient {
 /// reply is read) and asserts exactly one got it: one `ok rename`, the rest
 /// `error name-taken`, and `who` lists the name once among all clients.
 pub fn assert_one_rename_winner(clients: &mut [LineClient], name: &str) {
-    for c in clients.iter_mut() {
+    let spellings = vec![name.to_string(); clients.len()];
+    assert_one_spelling_wins(clients, &spellings);
+}
+
+/// Has client i ask for `spellings[i]` (spellings of one name in other
+/// capitals, or the very same) at once, and asserts exactly one got it:
+/// one `ok rename`, the rest `error name-taken`, and `who` lists that
+/// winner's spelling and no other spelling of the name.
+pub fn assert_one_spelling_wins(clients: &mut [LineClient], spellings: &[String]) {
+    use imchat::protocol::fold;
+    for (c, name) in clients.iter_mut().zip(spellings) {
         c.send_raw(format!("rename|{name}\n").as_bytes());
     }
-    let wins = clients
+    let won: Vec<&String> = clients
         .iter_mut()
-        .map(|c| c.expect("^(ok rename|error name-taken)"))
-        .filter(|l| l.starts_with("ok"))
-        .count();
-    assert_eq!(wins, 1, "renames to {name} that won");
+        .zip(spellings)
+        .filter_map(|(c, name)| {
+            let reply = c.expect("^(ok rename|error name-taken)");
+            reply.starts_with("ok").then_some(name)
+        })
+        .collect();
+    assert_eq!(won.len(), 1, "renames to {spellings:?} that won: {won:?}");
     let names = clients[0].who();
-    assert_eq!(names.iter().filter(|n| *n == name).count(), 1, "{names:?}");
+    let folded = fold(won[0]);
+    let listed: Vec<_> = names.iter().filter(|n| fold(n) == folded).collect();
+    assert_eq!(listed, [won[0]], "{names:?}");
     assert_eq!(names.len(), clients.len(), "{names:?}");
 }
 

@@ -31,9 +31,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{name_key, node_channel, ALL};
+use super::keys::{name_key, node_channel, ALL, LOCATE};
 use super::{lock, Cluster, LocalNode};
-use crate::protocol::ServerLine;
+use crate::protocol::{fold, ServerLine};
 
 /// Most publishes sent to Redis in one pipeline.
 const PIPELINE: usize = 256;
@@ -205,36 +205,35 @@ impl Cluster {
         }
     }
 
-    /// Sends a whisper to `to` on whichever node has it. True if that node
-    /// received it.
-    pub async fn whisper(&self, from: &str, to: &str, text: &str) -> bool {
+    /// Sends a whisper to `to` (in any capitals) on whichever node has it.
+    /// If that node received it, returns the recipient's own spelling.
+    pub async fn whisper(&self, from: &str, to: &str, text: &str) -> Option<String> {
         if !self.is_healthy() {
-            return false;
+            return None;
         }
         let mut c = self.conn();
-        let owner: Option<String> = match redis::cmd("GET")
-            .arg(name_key(to))
-            .query_async(&mut c)
+        let located: Option<(String, Option<String>)> = redis::Script::new(LOCATE)
+            .key(name_key(to))
+            .arg(fold(to))
+            .invoke_async(&mut c)
             .await
-        {
-            Ok(o) => o,
-            Err(_) => return false,
-        };
-        let Some(owner) = owner.filter(|o| *o != self.node) else {
-            return false;
-        };
+            .ok()?;
+        let (owner, spelling) = located.filter(|(o, _)| *o != self.node)?;
         let ev = WhisperEvent {
             node: Cow::Borrowed(&self.node),
             to: to.into(),
             from: from.into(),
             text: text.into(),
         };
-        let Ok(payload) = serde_json::to_string(&ev) else {
-            return false;
-        };
+        let payload = serde_json::to_string(&ev).ok()?;
         let (tx, rx) = oneshot::channel();
         self.enqueue(node_channel(&owner), payload, Some(tx));
-        matches!(rx.await, Ok(Some(n)) if n > 0)
+        match rx.await {
+            // Not listed yet (its node claims a name before listing it):
+            // the spelling typed, which is the same name.
+            Ok(Some(n)) if n > 0 => Some(spelling.unwrap_or_else(|| to.to_string())),
+            _ => None,
+        }
     }
 
     /// A pub/sub connection subscribed to the broadcast channel and this

@@ -5,27 +5,36 @@
 //! ```text
 //! imchat:all              channel: public lines and presence notices, to every node
 //! imchat:node:<N>         channel: whispers for users on node N
-//! imchat:name:<NAME>      string: the node that holds NAME (claimed with SET NX)
-//! imchat:users:<N>        set: who is on node N (for `who`)
+//! imchat:name:<FOLDED>    string: the node that holds the name (claimed with SET NX)
+//! imchat:who:<N>          hash: FOLDED → NAME for each user on node N (for `who`)
 //! imchat:alive:<N>        string with a TTL: node N is alive
 //! imchat:nodes            set: every node that may need reaping
 //! imchat:reap:<N>         string with a TTL: which node reaps dead node N
 //! ```
+//!
+//! FOLDED is the name's [`fold`] (its lowercase): names that differ only
+//! in case are one name, so two nodes cannot hand out `alice` and `Alice`
+//! at once. NAME is the spelling its user chose, which is what `who` lists
+//! and what a whisper's `ok to` shows. (Nodes of one cluster must run the
+//! same version: an older node claims names in their own capitals and
+//! keeps a set, not a hash, of its users.)
 
 use redis::aio::ConnectionManager;
+
+use crate::protocol::fold;
 
 /// The channel every node subscribes to.
 pub(super) const ALL: &str = "imchat:all";
 /// Every node that may need reaping.
 pub(super) const NODES: &str = "imchat:nodes";
 
-/// Holds the id of the node that claimed `name`.
+/// Holds the id of the node that claimed `name`, in any capitals.
 pub(super) fn name_key(name: &str) -> String {
-    format!("imchat:name:{name}")
+    format!("imchat:name:{}", fold(name))
 }
-/// The names online on `node`.
+/// The names online on `node`: each one's fold → its spelling.
 pub(super) fn users_key(node: &str) -> String {
-    format!("imchat:users:{node}")
+    format!("imchat:who:{node}")
 }
 /// Exists while `node` is alive.
 pub(super) fn alive_key(node: &str) -> String {
@@ -50,12 +59,20 @@ pub(super) const WHO: &str = r"
 local out = {}
 for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', 'imchat:alive:' .. n) == 1 then
-    for _, u in ipairs(redis.call('SMEMBERS', 'imchat:users:' .. n)) do
+    for _, u in ipairs(redis.call('HVALS', 'imchat:who:' .. n)) do
       table.insert(out, u)
     end
   end
 end
 return out";
+
+/// Where a user is, in one atomic step: KEYS[1] is its name key, ARGV[1]
+/// its fold. Returns {node, spelling}, or nil if nobody holds the name
+/// (spelling is false if that node has not listed the user yet).
+pub(super) const LOCATE: &str = r"
+local n = redis.call('GET', KEYS[1])
+if not n then return nil end
+return {n, redis.call('HGET', 'imchat:who:' .. n, ARGV[1])}";
 
 /// Frees `name` if `node` still holds it (a later claim by someone else is
 /// left alone).

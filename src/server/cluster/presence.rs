@@ -2,8 +2,8 @@
 //! users of each node, and reaping nodes that died without leaving.
 //!
 //! ```text
-//! SET  imchat:name:<NAME> <node> NX     a name claim: unique across the cluster (atomic)
-//! SADD imchat:users:<node> NAME         who is on each node (for `who`)
+//! SET  imchat:name:<FOLDED> <node> NX   a name claim: unique across the cluster (atomic)
+//! HSET imchat:who:<node> FOLDED NAME    who is on each node (for `who`), as spelled
 //! SET  imchat:alive:<node> 1 EX <ttl>   liveness, refreshed every ttl/3
 //! SADD imchat:nodes <node>              every node that may need reaping
 //! ```
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::{alive_key, name_key, reap_key, release_claim, users_key, NODES, WHO};
 use super::{Cluster, LocalNode};
-use crate::protocol::{LeaveReason, ServerLine};
+use crate::protocol::{fold, LeaveReason, ServerLine};
 
 impl Cluster {
     /// Marks this node alive and a member.
@@ -71,31 +71,32 @@ impl Cluster {
         }
     }
 
-    /// Records that `name` is online here (after a successful claim).
+    /// Records that `name` is online here (after a successful claim), as
+    /// spelled: another spelling of a name listed here replaces it.
     pub async fn add_user(&self, name: &str) {
-        self.users_cmd("SADD", name).await;
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(users_key(&self.node)).arg(fold(name)).arg(name);
+        self.users_cmd(cmd, name).await;
     }
 
     /// Gives up `name`: no longer claimed, no longer in `who`.
     pub async fn remove_user(&self, name: &str) {
-        self.users_cmd("SREM", name).await;
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(users_key(&self.node)).arg(fold(name));
+        self.users_cmd(cmd, name).await;
         if self.is_healthy() {
             self.release(name).await;
         }
     }
 
-    async fn users_cmd(&self, cmd: &str, name: &str) {
+    async fn users_cmd(&self, cmd: redis::Cmd, name: &str) {
         if !self.is_healthy() {
             return;
         }
         let mut c = self.conn();
-        let r: redis::RedisResult<i64> = redis::cmd(cmd)
-            .arg(users_key(&self.node))
-            .arg(name)
-            .query_async(&mut c)
-            .await;
+        let r: redis::RedisResult<i64> = cmd.query_async(&mut c).await;
         if let Err(e) = r {
-            tracing::debug!("redis: {cmd} {name}: {e}");
+            tracing::debug!("redis: who {name}: {e}");
         }
     }
 
@@ -122,7 +123,11 @@ impl Cluster {
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(users_key(&self.node)).ignore();
         for n in &names {
-            pipe.cmd("SADD").arg(users_key(&self.node)).arg(n).ignore();
+            pipe.cmd("HSET")
+                .arg(users_key(&self.node))
+                .arg(fold(n))
+                .arg(n)
+                .ignore();
             pipe.cmd("SET").arg(name_key(n)).arg(&self.node).arg("NX");
         }
         let claims: Vec<Option<String>> = pipe.query_async(&mut c).await?;
@@ -196,7 +201,7 @@ impl Cluster {
             if mine.is_none() {
                 continue;
             }
-            let users: Vec<String> = redis::cmd("SMEMBERS")
+            let users: Vec<String> = redis::cmd("HVALS")
                 .arg(users_key(&node))
                 .query_async(&mut c)
                 .await?;
