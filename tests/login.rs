@@ -547,6 +547,30 @@ fn imc_says_how_to_log_in_when_the_name_is_registered() {
     }
 }
 
+/// `imc rename alice`, alice being registered: without IMC_PASSWORD, exit
+/// 1 with the same hint as `--name`; with it, a login, and bob sees alice
+/// arrive.
+#[test]
+fn imc_rename_to_a_registered_name_logs_in_with_imc_password() {
+    let (_dir, srv, _) = alice_registered();
+    let mut bob = srv.client("bob");
+    let out = srv.imc().args(["rename", "alice"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("'alice' is a registered name: set IMC_PASSWORD to log in as it"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    srv.imc()
+        .env("IMC_PASSWORD", ALICE_PW)
+        .args(["rename", "alice"])
+        .assert()
+        .success()
+        .stdout("you are now alice\n");
+    bob.expect(r"^\*\*\* \S+ is now known as alice$");
+}
+
 /// The REPL, when a new name is registered, logs in with IMC_PASSWORD
 /// (here with piped stdin, where it cannot prompt).
 #[test]

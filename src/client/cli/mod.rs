@@ -129,7 +129,8 @@ pub enum Cmd {
         message: Vec<String>,
     },
     /// Claim NAME for this connection and report whether that worked: a
-    /// quick check that a name is valid and free.
+    /// quick check that a name is valid and free (a registered name: that
+    /// IMC_PASSWORD logs in as it).
     Rename {
         /// The name to claim.
         name: String,
@@ -507,17 +508,24 @@ pub async fn connect(args: &Args) -> Result<Client, ClientError> {
         })?;
         let mut client = Client::connect_with(&addr, args.timeout, tls.as_ref()).await?;
         if let Some(name) = &args.name {
-            match password::from_env() {
-                Some(pw) => password::login(&mut client, name, &pw).await?,
-                None => client
-                    .rename(name)
-                    .await
-                    .map_err(|e| password::explain_registered(name, e))?,
-            }
+            claim(&mut client, name).await?;
         }
         Ok(client)
     };
     within(args.timeout, start).await
+}
+
+/// Takes `name` for `client`: logs in with `IMC_PASSWORD` when it is set,
+/// else renames, explaining a registered name in imc's terms (how to log
+/// in) rather than the protocol's. Used by `--name` and `imc rename`.
+pub async fn claim(client: &mut Client, name: &str) -> Result<(), ClientError> {
+    match password::from_env() {
+        Some(pw) => password::login(client, name, &pw).await,
+        None => client
+            .rename(name)
+            .await
+            .map_err(|e| password::explain_registered(name, e)),
+    }
 }
 
 /// What `--tls` and `--ca` ask to trust: `None` for plaintext. Loaded

@@ -9,7 +9,7 @@
 use crate::client::{Client, ClientError};
 use crate::protocol::visible;
 
-use super::{connect, input, output, within, Args, CliError, CLOSE_WAIT};
+use super::{claim, connect, input, output, within, Args, CliError, CLOSE_WAIT};
 
 /// `send` (to everyone, `to` = `None`) and `whisper` (to `to`). The words
 /// of `message` are joined with spaces; `["-"]` means stdin, one message per
@@ -63,7 +63,7 @@ pub async fn rename(args: &Args, name: &str) -> Result<(), CliError> {
         let mut client = connect(args).await?;
         // One-shot commands never read other users' lines: keep none.
         client.ignore_events();
-        client.rename(name).await?;
+        claim(&mut client, name).await?;
         let new = client.name().to_string();
         client.close(CLOSE_WAIT).await;
         Ok(new)
