@@ -225,10 +225,11 @@ impl Connection {
             // Over its line rate: the rest waits in the socket until the
             // bucket is paid back (src/server/line_rate.rs).
             if let Some(at) = read_again_at.take() {
-                tokio::select! {
-                    biased;
-                    end = self.ended(shutdown) => return end,
-                    _ = tokio::time::sleep_until(at) => {}
+                if let Err(end) = self
+                    .unless_ended(shutdown, tokio::time::sleep_until(at))
+                    .await
+                {
+                    return end;
                 }
                 if let Some(idle) = idle {
                     idle_sleep.as_mut().reset(Instant::now() + idle);
@@ -240,17 +241,16 @@ impl Connection {
             let cluster_behind = hub.cluster_behind();
             if !self.congested.is_empty() || cluster_behind {
                 let congested = std::mem::take(&mut self.congested);
-                tokio::select! {
-                    biased;
-                    end = self.ended(shutdown) => return end,
-                    _ = async {
-                        for u in &congested {
-                            u.outbox.wait_for_room().await;
-                        }
-                        if cluster_behind {
-                            hub.wait_for_cluster().await;
-                        }
-                    } => {}
+                let drained = async {
+                    for u in &congested {
+                        u.outbox.wait_for_room().await;
+                    }
+                    if cluster_behind {
+                        hub.wait_for_cluster().await;
+                    }
+                };
+                if let Err(end) = self.unless_ended(shutdown, drained).await {
+                    return end;
                 }
                 // The server held this user back: that was not idleness.
                 if let Some(idle) = idle {
@@ -329,6 +329,21 @@ impl Connection {
                 LeaveReason::Shutdown
             }
             reason = cut => reason,
+        }
+    }
+
+    /// Runs `wait` (the server holding this user back, or a login's
+    /// password check) unless the connection must end first: a shutdown or
+    /// a cut is never held up by it.
+    async fn unless_ended<T>(
+        &self,
+        shutdown: &CancellationToken,
+        wait: impl std::future::Future<Output = T>,
+    ) -> Result<T, LeaveReason> {
+        tokio::select! {
+            biased;
+            end = self.ended(shutdown) => Err(end),
+            done = wait => Ok(done),
         }
     }
 
@@ -469,13 +484,13 @@ impl Connection {
         password: &str,
         shutdown: &CancellationToken,
     ) -> Option<LeaveReason> {
-        let checked = tokio::select! {
-            biased;
-            end = self.ended(shutdown) => {
+        let check = self.hub.check_login(&self.user, name, password);
+        let checked = match self.unless_ended(shutdown, check).await {
+            Ok(checked) => checked,
+            Err(end) => {
                 tracing::debug!(name = visible(name).as_ref(), addr = %self.user.addr, "login abandoned: the connection is ending");
                 return Some(end);
             }
-            checked = self.hub.check_login(&self.user, name, password) => checked,
         };
         let outcome = match checked {
             // The accounts file's spelling of the name, whatever was typed.
