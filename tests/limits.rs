@@ -14,7 +14,7 @@ use imchat::server::admission::Limits;
 use imchat::server::Config;
 
 use crate::imc::imc_background;
-use crate::support::sockets::{open_fds, tcp_socket, wait_for_socket};
+use crate::support::sockets::{open_fds, tcp_socket, wait_for_process_socket, wait_for_socket};
 use crate::support::{test_config, LineClient, TestServer, EXPECT_TIMEOUT};
 
 /// A flood of connections past the limit, each kept open by its client and
@@ -119,17 +119,18 @@ fn both_ends_probe_an_idle_connection() {
         .spawn()
         .expect("imc starts");
     alice.expect(r"^\*\*\* .* is now known as ear$");
-    let ear_port = crate::support::sockets::tcp_sockets()
-        .into_iter()
-        .find(|e| e.remote_port == srv.port() && e.local_port != alice_port)
-        .map(|e| e.local_port);
-
+    // imc's own socket, by its descriptor: a port alone could also name a
+    // stale TIME_WAIT socket toward an earlier server on the same port.
+    let ear_port =
+        wait_for_process_socket(listen.id(), srv.port(), EXPECT_TIMEOUT).map(|e| e.local_port);
     let keepalive = |e: Option<&crate::support::sockets::TcpEntry>| {
         e.is_some_and(|e| e.timer == 2 && e.timer_due <= KEEPALIVE.0)
     };
     let server_side = wait_for_socket(srv.port(), alice_port, EXPECT_TIMEOUT, keepalive);
     let client_side =
         ear_port.is_some_and(|p| wait_for_socket(p, srv.port(), EXPECT_TIMEOUT, keepalive));
+    // What imc's socket looked like while imc still held it.
+    let ear_socket = ear_port.and_then(|p| tcp_socket(p, srv.port()));
     let _ = listen.kill();
     let _ = listen.wait();
     assert!(
@@ -139,8 +140,7 @@ fn both_ends_probe_an_idle_connection() {
     );
     assert!(
         client_side,
-        "imc's socket has no keepalive timer: {:?}",
-        ear_port.and_then(|p| tcp_socket(p, srv.port()))
+        "imc's socket has no keepalive timer: {ear_socket:?}"
     );
 }
 

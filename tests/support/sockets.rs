@@ -16,6 +16,10 @@ pub struct TcpEntry {
     pub timer: u8,
     /// When that timer fires, from now.
     pub timer_due: Duration,
+    /// The socket's inode, which names it among a process's descriptors
+    /// (`/proc/PID/fd/N -> socket:[INODE]`); 0 for a socket no descriptor
+    /// holds any more (TIME_WAIT).
+    pub inode: u64,
 }
 
 /// Every IPv4 TCP socket on 127.0.0.1 (both ends of loopback connections).
@@ -25,7 +29,8 @@ pub fn tcp_sockets() -> Vec<TcpEntry> {
 }
 
 fn parse(line: &str) -> Option<TcpEntry> {
-    // sl local_address rem_address st tx_queue:rx_queue tr:tm->when ...
+    // sl local_address rem_address st tx_queue:rx_queue tr:tm->when
+    // retrnsmt uid timeout inode ...
     let f: Vec<&str> = line.split_whitespace().collect();
     let port = |a: &str| u16::from_str_radix(a.split(':').nth(1)?, 16).ok();
     let (tr, when) = f.get(5)?.split_once(':')?;
@@ -38,6 +43,7 @@ fn parse(line: &str) -> Option<TcpEntry> {
         timer: u8::from_str_radix(tr, 16).ok()?,
         // In clock ticks: USER_HZ, 100 on Linux.
         timer_due: Duration::from_millis(u64::from_str_radix(when, 16).ok()? * 10),
+        inode: f.get(9)?.parse().ok()?,
     })
 }
 
@@ -67,6 +73,45 @@ pub fn wait_for_socket(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits (polling, bounded by `timeout`) until process `pid` holds a TCP
+/// socket toward `remote_port`, and returns it.
+///
+/// A port alone does not name a client's socket: /proc/net/tcp lists the
+/// whole machine, where sockets of earlier connections to an earlier server
+/// that had the same port linger in TIME_WAIT for a minute (a loaded suite,
+/// or a neighbour's, leaves thousands), and a client's own socket can be
+/// missed by one read of the table while others come and go. The socket's
+/// inode among the process's own descriptors names it exactly.
+pub fn wait_for_process_socket(pid: u32, remote_port: u16, timeout: Duration) -> Option<TcpEntry> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let owned = socket_inodes(pid);
+        let found = tcp_sockets()
+            .into_iter()
+            .find(|e| e.remote_port == remote_port && owned.contains(&e.inode));
+        if found.is_some() || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The inodes of the sockets process `pid` holds (none once it has exited).
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|fd| {
+        let target = std::fs::read_link(fd.ok()?.path()).ok()?;
+        let inode = target
+            .to_str()?
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?;
+        inode.parse().ok()
+    })
+    .collect()
 }
 
 /// How many file descriptors process `pid` has open.
