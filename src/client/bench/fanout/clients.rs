@@ -420,6 +420,105 @@ mod tests {
         assert_eq!(bench_in(&bytes, 100), vec![Seen::Bench(Err(()))]);
     }
 
+    /// Client and server ends of a TLS session (a self-signed certificate
+    /// for "localhost", made here) over an in-memory pipe that holds only
+    /// `pipe` bytes: a socket whose buffer is that small.
+    async fn tls_over_a_tiny_pipe(
+        pipe: usize,
+    ) -> (
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+        tokio_rustls::server::TlsStream<tokio::io::DuplexStream>,
+    ) {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        // No session tickets: the server's accept would wait to write them
+        // to a client that is not reading, through a pipe that holds 64 bytes.
+        server.send_tls13_tickets = 0;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (c, s) = tokio::io::duplex(pipe);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (c, s) = tokio::join!(
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, c),
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(s),
+        );
+        (c.unwrap(), s.unwrap())
+    }
+
+    /// A publisher over TLS gets its last batch out even when the socket
+    /// is full at its last write: rustls keeps the records the socket did
+    /// not take, and only the flush after the batch writes them. (Over a
+    /// real loopback socket that moment is rare: Linux sizes the buffers in
+    /// megabytes and wakes a writer only once a third is free, so a bench
+    /// run over TLS loses its tail only now and then. Here a 64-byte pipe
+    /// is that full socket at every write, and the runtime has one thread,
+    /// so the reader cannot make room in the middle of one.)
+    #[tokio::test]
+    async fn a_tls_publisher_flushes_what_its_full_socket_did_not_take() {
+        let (count, size) = (20, 100);
+        let (client, mut server) = tls_over_a_tiny_pipe(64).await;
+        // What arrives through TLS, until the publisher's end is dropped.
+        let received = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The end comes without TLS's close_notify, which rustls
+            // reports as an error: the data before it is what counts.
+            while let Ok(n @ 1..) = server.read(&mut buf).await {
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        let shared = Arc::new(Counters::new(Proto::Imchat, size, 1, count));
+        let plan = Plan {
+            p: 0,
+            start_us: 0,
+            // All due at once: one batch, one write.
+            rate: 1e9,
+            count,
+            channel: "bench".into(),
+            hard_stop: Instant::now() + Duration::from_secs(60),
+        };
+        let published = publish(client, plan, shared.clone()).await;
+        assert!(published.complete);
+        assert_eq!(shared.sent[0].load(Ordering::Acquire), count);
+        // Close the pipe without flushing: what the publisher left in
+        // rustls is lost, as it would be at the end of a bench run.
+        drop(published.writer);
+        let got = received.await.unwrap();
+        let seqs: Vec<u64> = lines_of(&got)
+            .0
+            .iter()
+            .filter_map(|l| match classify(l, size) {
+                Seen::Bench(Ok((0, seq, _))) => Some(seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..count).collect::<Vec<_>>(),
+            "{} bytes arrived",
+            got.len()
+        );
+    }
+
     #[test]
     fn the_schedule_is_rate_times_duration_and_spread_over_publishers() {
         let plan = Plan {

@@ -194,6 +194,28 @@ struct Counters {
     last_delivery_us: AtomicU64,
 }
 
+impl Counters {
+    /// A run's counters, all zero, its clock starting now.
+    fn new(proto: Proto, size: usize, publishers: usize, per_publisher: u64) -> Counters {
+        Counters {
+            start: Instant::now(),
+            proto,
+            size,
+            publishers,
+            per_publisher,
+            subs_ready: AtomicUsize::new(0),
+            pubs_ready: AtomicUsize::new(0),
+            synced: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            subs_closed: AtomicUsize::new(0),
+            pubs_closed: AtomicUsize::new(0),
+            notify: Notify::new(),
+            sent: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
+            last_delivery_us: AtomicU64::new(0),
+        }
+    }
+}
+
 /// Runs the fan-out benchmark against the server at `addr`, in phases:
 /// connect and handshake everyone, sync, publish on schedule while a probe
 /// times the server's answers, drain, report. Over TLS when `args.tls`
@@ -220,22 +242,7 @@ async fn run<D: Dial>(
 ) -> io::Result<FanoutReport> {
     let per_publisher = (args.rate * args.duration).round().max(1.0) as u64;
     let (n, np) = (args.subscribers, args.publishers);
-    let shared = Arc::new(Counters {
-        start: Instant::now(),
-        proto,
-        size: args.size as usize,
-        publishers: np,
-        per_publisher,
-        subs_ready: AtomicUsize::new(0),
-        pubs_ready: AtomicUsize::new(0),
-        synced: AtomicUsize::new(0),
-        done: AtomicUsize::new(0),
-        subs_closed: AtomicUsize::new(0),
-        pubs_closed: AtomicUsize::new(0),
-        notify: Notify::new(),
-        sent: (0..np).map(|_| AtomicU64::new(0)).collect(),
-        last_delivery_us: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Counters::new(proto, args.size as usize, np, per_publisher));
     let mut report = FanoutReport {
         proto: proto.name().into(),
         publishers: np,
