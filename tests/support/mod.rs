@@ -619,11 +619,11 @@ pub fn assert_one_rename_winner(clients: &mut [LineClient], name: &str) {
 }
 
 /// Has client i ask for `spellings[i]` (spellings of one name in other
-/// capitals, or the very same) at once, and asserts exactly one got it:
+/// capitals or look-alike letters, or the very same) at once, and asserts exactly one got it:
 /// one `ok rename`, the rest `error name-taken`, and `who` lists that
 /// winner's spelling and no other spelling of the name.
 pub fn assert_one_spelling_wins(clients: &mut [LineClient], spellings: &[String]) {
-    use imchat::protocol::fold;
+    use imchat::protocol::name_key;
     for (c, name) in clients.iter_mut().zip(spellings) {
         c.send_raw(format!("rename|{name}\n").as_bytes());
     }
@@ -637,8 +637,8 @@ pub fn assert_one_spelling_wins(clients: &mut [LineClient], spellings: &[String]
         .collect();
     assert_eq!(won.len(), 1, "renames to {spellings:?} that won: {won:?}");
     let names = clients[0].who();
-    let folded = fold(won[0]);
-    let listed: Vec<_> = names.iter().filter(|n| fold(n) == folded).collect();
+    let key = name_key(won[0]);
+    let listed: Vec<_> = names.iter().filter(|n| name_key(n) == key).collect();
     assert_eq!(listed, [won[0]], "{names:?}");
     assert_eq!(names.len(), clients.len(), "{names:?}");
 }

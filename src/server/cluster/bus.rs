@@ -31,9 +31,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{name_key, node_channel, ALL, LOCATE};
+use super::keys::{node_channel, ALL};
 use super::{lock, Cluster, LocalNode};
-use crate::protocol::{fold, ServerLine};
+use crate::protocol::ServerLine;
 
 /// Most publishes sent to Redis in one pipeline.
 const PIPELINE: usize = 256;
@@ -205,20 +205,14 @@ impl Cluster {
         }
     }
 
-    /// Sends a whisper to `to` (in any capitals) on whichever node has it.
+    /// Sends a whisper to `to` (in any capitals, or a look-alike) on
+    /// whichever node has it.
     /// If that node received it, returns the recipient's own spelling.
     pub async fn whisper(&self, from: &str, to: &str, text: &str) -> Option<String> {
         if !self.is_healthy() {
             return None;
         }
-        let mut c = self.conn();
-        let located: Option<(String, Option<String>)> = redis::Script::new(LOCATE)
-            .key(name_key(to))
-            .arg(fold(to))
-            .invoke_async(&mut c)
-            .await
-            .ok()?;
-        let (owner, spelling) = located.filter(|(o, _)| *o != self.node)?;
+        let (owner, spelling) = self.locate(to).await.filter(|(o, _)| *o != self.node)?;
         let ev = WhisperEvent {
             node: Cow::Borrowed(&self.node),
             to: to.into(),

@@ -5,34 +5,37 @@
 //! ```text
 //! imchat:all              channel: public lines and presence notices, to every node
 //! imchat:node:<N>         channel: whispers for users on node N
-//! imchat:name:<FOLDED>    string: the node that holds the name (claimed with SET NX)
-//! imchat:who:<N>          hash: FOLDED → NAME for each user on node N (for `who`)
+//! imchat:name:<KEY>       string: the node that holds the name (claimed with SET NX)
+//! imchat:who:<N>          hash: KEY → NAME for each user on node N (for `who`)
 //! imchat:alive:<N>        string with a TTL: node N is alive
 //! imchat:nodes            set: every node that may need reaping
 //! imchat:reap:<N>         string with a TTL: which node reaps dead node N
 //! ```
 //!
-//! FOLDED is the name's [`fold`] (its lowercase): names that differ only
-//! in case are one name, so two nodes cannot hand out `alice` and `Alice`
-//! at once. NAME is the spelling its user chose, which is what `who` lists
-//! and what a whisper's `ok to` shows. (Nodes of one cluster must run the
-//! same version: an older node claims names in their own capitals and
-//! keeps a set, not a hash, of its users.)
+//! KEY is the name's [`name_key`] (its lowercase confusable skeleton):
+//! names that differ only in case or only look alike are one name, so two
+//! nodes cannot hand out `alice` and `Alice`, or `alice` and `аlice`
+//! (Cyrillic `а`), at once. NAME is the spelling its user chose, which is
+//! what `who` lists and what a whisper's `ok to` shows. (Nodes of one
+//! cluster must run the same version: older nodes claim names by their
+//! lowercase, or in their own capitals and keep a set, not a hash, of
+//! their users.)
 
 use redis::aio::ConnectionManager;
 
-use crate::protocol::fold;
+use crate::protocol::name_key;
 
 /// The channel every node subscribes to.
 pub(super) const ALL: &str = "imchat:all";
 /// Every node that may need reaping.
 pub(super) const NODES: &str = "imchat:nodes";
 
-/// Holds the id of the node that claimed `name`, in any capitals.
-pub(super) fn name_key(name: &str) -> String {
-    format!("imchat:name:{}", fold(name))
+/// Holds the id of the node that claimed `name`, in any capitals or
+/// look-alike letters (it is keyed by [`name_key`]).
+pub(super) fn claim_key(name: &str) -> String {
+    format!("imchat:name:{}", name_key(name))
 }
-/// The names online on `node`: each one's fold → its spelling.
+/// The names online on `node`: each one's [`name_key`] → its spelling.
 pub(super) fn users_key(node: &str) -> String {
     format!("imchat:who:{node}")
 }
@@ -66,8 +69,8 @@ for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return out";
 
-/// Where a user is, in one atomic step: KEYS[1] is its name key, ARGV[1]
-/// its fold. Returns {node, spelling}, or nil if nobody holds the name
+/// Where a user is, in one atomic step: KEYS[1] is its [`claim_key`],
+/// ARGV[1] its [`name_key`]. Returns {node, spelling}, or nil if nobody holds the name
 /// (spelling is false if that node has not listed the user yet).
 pub(super) const LOCATE: &str = r"
 local n = redis.call('GET', KEYS[1])
@@ -82,7 +85,7 @@ pub(super) async fn release_claim(
     node: &str,
 ) -> redis::RedisResult<i64> {
     redis::Script::new(RELEASE)
-        .key(name_key(name))
+        .key(claim_key(name))
         .arg(node)
         .invoke_async(c)
         .await

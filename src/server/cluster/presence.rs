@@ -2,8 +2,8 @@
 //! users of each node, and reaping nodes that died without leaving.
 //!
 //! ```text
-//! SET  imchat:name:<FOLDED> <node> NX   a name claim: unique across the cluster (atomic)
-//! HSET imchat:who:<node> FOLDED NAME    who is on each node (for `who`), as spelled
+//! SET  imchat:name:<KEY> <node> NX   a name claim: unique across the cluster (atomic)
+//! HSET imchat:who:<node> KEY NAME    who is on each node (for `who`), as spelled
 //! SET  imchat:alive:<node> 1 EX <ttl>   liveness, refreshed every ttl/3
 //! SADD imchat:nodes <node>              every node that may need reaping
 //! ```
@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{alive_key, name_key, reap_key, release_claim, users_key, NODES, WHO};
+use super::keys::{alive_key, claim_key, reap_key, release_claim, users_key, LOCATE, NODES, WHO};
 use super::{Cluster, LocalNode};
-use crate::protocol::{fold, LeaveReason, ServerLine};
+use crate::protocol::{name_key, LeaveReason, ServerLine};
 
 impl Cluster {
     /// Marks this node alive and a member.
@@ -48,7 +48,7 @@ impl Cluster {
         }
         let mut c = self.conn();
         let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
-            .arg(name_key(name))
+            .arg(claim_key(name))
             .arg(&self.node)
             .arg("NX")
             .query_async(&mut c)
@@ -71,18 +71,40 @@ impl Cluster {
         }
     }
 
+    /// Which node holds `name` (by its key: in any capitals, or a
+    /// look-alike) and how its user spells it (`None` while that node has
+    /// not listed it yet), in one atomic step; `None` if nobody holds it or
+    /// Redis cannot say.
+    pub(super) async fn locate(&self, name: &str) -> Option<(String, Option<String>)> {
+        if !self.is_healthy() {
+            return None;
+        }
+        redis::Script::new(LOCATE)
+            .key(claim_key(name))
+            .arg(name_key(name))
+            .invoke_async(&mut self.conn())
+            .await
+            .ok()?
+    }
+
+    /// How the holder of `name` spells it, on whichever node: for the
+    /// error of a rename or login whose claim lost.
+    pub async fn spelling(&self, name: &str) -> Option<String> {
+        self.locate(name).await?.1
+    }
+
     /// Records that `name` is online here (after a successful claim), as
     /// spelled: another spelling of a name listed here replaces it.
     pub async fn add_user(&self, name: &str) {
         let mut cmd = redis::cmd("HSET");
-        cmd.arg(users_key(&self.node)).arg(fold(name)).arg(name);
+        cmd.arg(users_key(&self.node)).arg(name_key(name)).arg(name);
         self.users_cmd(cmd, name).await;
     }
 
     /// Gives up `name`: no longer claimed, no longer in `who`.
     pub async fn remove_user(&self, name: &str) {
         let mut cmd = redis::cmd("HDEL");
-        cmd.arg(users_key(&self.node)).arg(fold(name));
+        cmd.arg(users_key(&self.node)).arg(name_key(name));
         self.users_cmd(cmd, name).await;
         if self.is_healthy() {
             self.release(name).await;
@@ -125,16 +147,16 @@ impl Cluster {
         for n in &names {
             pipe.cmd("HSET")
                 .arg(users_key(&self.node))
-                .arg(fold(n))
+                .arg(name_key(n))
                 .arg(n)
                 .ignore();
-            pipe.cmd("SET").arg(name_key(n)).arg(&self.node).arg("NX");
+            pipe.cmd("SET").arg(claim_key(n)).arg(&self.node).arg("NX");
         }
         let claims: Vec<Option<String>> = pipe.query_async(&mut c).await?;
         for (n, claimed) in names.iter().zip(claims) {
             if claimed.is_none() {
                 let owner: Option<String> = redis::cmd("GET")
-                    .arg(name_key(n))
+                    .arg(claim_key(n))
                     .query_async(&mut c)
                     .await?;
                 if owner.as_deref() != Some(self.node.as_str()) {
