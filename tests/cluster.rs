@@ -137,6 +137,60 @@ fn names_in_other_capitals_are_one_name_across_nodes() {
     );
 }
 
+/// Names that only look alike are one name across the cluster too (the
+/// claim is keyed by the name key): of concurrent renames to look-alikes
+/// of one name on two nodes one wins; a look-alike of a name held on the
+/// other node is taken, and the error names the holder's spelling (looked
+/// up in Redis); a whisper to a look-alike crosses nodes and `ok to` shows
+/// the holder's spelling.
+#[test]
+fn look_alike_names_are_one_name_across_nodes() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis);
+    let n2 = node(&redis);
+    // Latin, capitals, Cyrillic р, і and е.
+    let spellings = [
+        "prize",
+        "PRIZE",
+        "\u{440}rize",
+        "pr\u{456}ze",
+        "priz\u{435}",
+    ];
+    let spellings: Vec<String> = spellings
+        .iter()
+        .chain(&spellings)
+        .map(|s| s.to_string())
+        .collect();
+    let mut clients: Vec<_> = (0..5)
+        .map(|i| n1.raw_client(&format!("a{i}")))
+        .chain((0..5).map(|i| n2.raw_client(&format!("b{i}"))))
+        .collect();
+    assert_one_spelling_wins(&mut clients, &spellings);
+
+    let mut alice = n1.client("alice");
+    let mut bob = n2.client("bob");
+    alice.expect(r"is now known as bob$");
+    bob.send("rename|\u{430}lice");
+    bob.expect_next("^error name-taken: name '\u{430}lice' is taken by alice$");
+    bob.send("rename|a1ice");
+    bob.expect_next("^error name-taken: name 'a1ice' is taken by alice$");
+    bob.send("to|\u{430}l\u{456}ce|psst");
+    bob.expect_next("^ok to alice: psst$");
+    alice.expect(r"^\*bob\* psst$");
+    alice.send("rename|adrnin");
+    alice.expect_next("^ok rename: you are now adrnin$");
+    bob.expect(r"^\*\*\* alice is now known as adrnin$");
+    bob.send("rename|admin");
+    bob.expect_next("^error name-taken: name 'admin' is taken by adrnin$");
+    bob.send("rename|alice");
+    bob.expect_next("^ok rename: you are now alice$");
+    let who = bob.who();
+    assert!(
+        who.contains(&"adrnin".to_string()) && who.contains(&"alice".to_string()),
+        "{who:?}"
+    );
+}
+
 /// Each user sees each sender's lines in the order sent, across nodes.
 #[test]
 fn order_is_kept_across_nodes() {
