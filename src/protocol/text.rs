@@ -237,6 +237,34 @@ mod tests {
         );
     }
 
+    /// Two different address names never key alike (a join would then
+    /// replace a connection that is still there): on the characters an
+    /// address name is written with, the keys form a prefix code (none is
+    /// the start of another's, capitals of hex digits aside), so a key can
+    /// be read back into only one address.
+    #[test]
+    fn address_names_keep_distinct_keys() {
+        let alphabet = "0123456789abcdefABCDEF:[].%";
+        let keys: Vec<(char, String)> = alphabet
+            .chars()
+            .map(|c| (c, name_key(&c.to_string())))
+            .collect();
+        for (c, key) in &keys {
+            assert!(!key.is_empty(), "{c:?}");
+            for (d, other) in &keys {
+                if !c.eq_ignore_ascii_case(d) {
+                    assert!(
+                        !other.starts_with(key.as_str()),
+                        "{c:?} {key:?}, {d:?} {other:?}"
+                    );
+                }
+            }
+        }
+        assert_ne!(name_key("[::1]:80"), name_key("[::7]:80"));
+        assert_ne!(name_key("10.0.0.1:5"), name_key("1.00.0.1:5"));
+        assert_ne!(name_key("[fe80::1%2]:5"), name_key("[fe80::1]:5"));
+    }
+
     /// Every character a name may have, alone: its key has no `:` (no
     /// chosen name keys like an address name), is not blank, and is
     /// settled (the key of a key is itself, so [`name_key`]'s rounds
@@ -301,7 +329,8 @@ mod tests {
         one("paypa1", "PAYPAL");
         one("\u{15f0}", "M"); // Canadian syllabics ᗰ, settled through m
         one("arnie", "amie"); // the cost: rn looks like m
-                              // Different names.
+        one("σοφία", "οοφία"); // the cost: Greek σ and ο both key as o
+                               // Different names.
         two("alice", "alicia");
         two("alice", "alice2");
         two("小明", "小朋");
