@@ -134,8 +134,10 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
 /// (`127.0.0.1:5555`) key to `l27.o.o.l:5555`, which always has the `:`
 /// that [`validate_name`] keeps out of every chosen name's key.
 ///
-/// It runs per command that names a name (join, rename, whisper, login,
-/// leave), never per delivered line.
+/// It runs per command that names a name (join, rename, whisper, login),
+/// on at most [`MAX_HELD_NAME_CHARS`] characters ([`lookup_key`] for names
+/// that are looked up), never per delivered line; the hub keeps each
+/// user's key, so a leave or a rename does not compute the old one again.
 ///
 /// [UTS #39]: https://www.unicode.org/reports/tr39/#Confusable_Detection
 pub fn name_key(name: &str) -> String {
@@ -148,6 +150,23 @@ pub fn name_key(name: &str) -> String {
         key = next;
     }
     key
+}
+
+/// Longest text, in characters, that can be the name of someone online: a
+/// chosen name has at most [`MAX_NAME_CHARS`], an address name at most 58
+/// (`[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535`).
+pub const MAX_HELD_NAME_CHARS: usize = 64;
+
+/// The [`name_key`] to look `name` up by (a whisper's NAME, a login's), or
+/// `None` when it is longer than [`MAX_HELD_NAME_CHARS`] and so names
+/// nobody. The key costs time per character (a skeleton can be 30
+/// characters for one), and a line can hold 4 KiB of them: without the
+/// bound, every `to|NAME|...` line could cost milliseconds of CPU.
+pub fn lookup_key(name: &str) -> Option<String> {
+    name.chars()
+        .nth(MAX_HELD_NAME_CHARS)
+        .is_none()
+        .then(|| name_key(name))
 }
 
 /// At most this many rounds of [`name_key`]: every single character
@@ -263,6 +282,19 @@ mod tests {
         assert_ne!(name_key("[::1]:80"), name_key("[::7]:80"));
         assert_ne!(name_key("10.0.0.1:5"), name_key("1.00.0.1:5"));
         assert_ne!(name_key("[fe80::1%2]:5"), name_key("[fe80::1]:5"));
+    }
+
+    /// A name to look up is keyed only while it could be someone's: up to
+    /// 64 characters, the longest address name (58) with room to spare.
+    #[test]
+    fn lookups_of_overlong_names_find_nobody() {
+        let longest = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535";
+        assert_eq!(longest.chars().count(), 58);
+        assert_eq!(lookup_key(longest), Some(name_key(longest)));
+        assert_eq!(lookup_key(&"x".repeat(64)), Some("x".repeat(64)));
+        assert_eq!(lookup_key(&"x".repeat(65)), None);
+        assert_eq!(lookup_key(&"\u{fdfa}".repeat(1000)), None);
+        assert_eq!(lookup_key("ALICE").as_deref(), Some("alice"));
     }
 
     /// Every character a name may have, alone: its key has no `:` (no

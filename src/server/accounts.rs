@@ -41,7 +41,7 @@ use password_hash::SaltString;
 use tokio::sync::Semaphore;
 
 use super::throttle::Throttle;
-use crate::protocol::{chosen_name, name_key, nfc};
+use crate::protocol::{chosen_name, lookup_key, name_key, nfc};
 
 /// Most password checks running at once. Each holds 19 MiB and a core for
 /// tens of milliseconds; four bound that to under 80 MiB and leave cores
@@ -255,14 +255,21 @@ impl Accounts {
 
     /// Whether `name` is registered, in any capitals or as a look-alike.
     pub fn is_registered(&self, name: &str) -> bool {
-        self.read().contains_key(&name_key(name))
+        self.lookup(name).is_some()
     }
 
     /// `name` as the accounts file spells it, if it is registered in any
     /// capitals or as a look-alike: `ALICE` is `alice` when the file says
     /// `alice`, and `adrnin` is `admin`.
     pub fn registered_name(&self, name: &str) -> Option<String> {
-        self.read().get(&name_key(name)).map(|a| a.name.clone())
+        self.lookup(name).map(|a| a.name)
+    }
+
+    /// `name`'s account, found by its [`name_key`] (a name too long to be
+    /// anyone's is not keyed at all, see [`lookup_key`]).
+    fn lookup(&self, name: &str) -> Option<Account> {
+        let key = lookup_key(name)?;
+        self.read().get(&key).cloned()
     }
 
     /// Failed logins since the start (for `imd_failed_logins_total`).
@@ -292,9 +299,9 @@ impl Accounts {
                     tracing::debug!(%ip, ?wait, "login held back after failures");
                     tokio::time::sleep(wait).await;
                 }
-                let account = self.read().get(&name_key(name)).map(|a| a.hash.clone());
+                let account = self.lookup(name);
                 let registered = account.is_some();
-                let hash = account.unwrap_or_else(|| self.dummy.clone());
+                let hash = account.map_or_else(|| self.dummy.clone(), |a| a.hash);
                 let matches = self.check(hash, password.to_owned()).await;
                 matches && registered
             }

@@ -46,7 +46,7 @@ use super::cluster::{Cluster, LocalNode};
 use super::metrics::{ClusterStatus, Metrics, Source};
 use super::outbox::{count_lines, outbox, Budget, Drain, Outbox};
 use super::Config;
-use crate::protocol::{chosen_name, name_key, nfc, LeaveReason, NameError, ServerLine};
+use crate::protocol::{chosen_name, lookup_key, name_key, nfc, LeaveReason, NameError, ServerLine};
 
 /// An online user as the hub sees it: where to send its lines.
 #[derive(Debug)]
@@ -71,6 +71,10 @@ pub struct User {
 #[derive(Debug, Default)]
 struct Held {
     name: String,
+    /// `name`'s [`name_key`], under which the hub's table holds the user:
+    /// computed once per name, before the hub's lock is taken, since a
+    /// skeleton costs more than a table lookup.
+    key: String,
     /// Whether `name` was taken by `login` (and so cannot be taken back).
     logged_in: bool,
 }
@@ -96,10 +100,17 @@ impl User {
         self.displaced.swap(false, Ordering::AcqRel)
     }
 
-    fn set_name(&self, name: &str, logged_in: bool) {
+    /// The [`name_key`] of the user's name now.
+    fn key(&self) -> String {
+        self.held().key.clone()
+    }
+
+    /// `key` is `name`'s [`name_key`].
+    fn set_name(&self, name: &str, key: String, logged_in: bool) {
         let mut h = self.held();
         h.name.clear();
         h.name.push_str(name);
+        h.key = key;
         h.logged_in = logged_in;
     }
 }
@@ -149,7 +160,8 @@ pub struct NoSuchUser;
 #[derive(Debug)]
 pub struct Hub {
     /// Everyone online here, by the [`name_key`] of its name (computed per
-    /// command that names someone, never per delivered line).
+    /// command that names someone, outside this lock, never per delivered
+    /// line).
     users: Mutex<HashMap<String, Arc<User>>>,
     next_id: AtomicU64,
     /// The server's limits (every connection reads them from here).
@@ -266,13 +278,14 @@ impl Hub {
     pub async fn join(&self, name: &str, user: &Arc<User>) {
         let notice = ServerLine::Joined { name: name.into() };
         let bytes = notice.to_bytes();
+        let key = name_key(name);
         {
             let mut users = self.lock();
-            user.set_name(name, false);
+            user.set_name(name, key.clone(), false);
             if self.presence_on(users.len() + 1) {
                 fan_out(users.values(), &bytes, None);
             }
-            if let Some(old) = users.insert(name_key(name), user.clone()) {
+            if let Some(old) = users.insert(key, user.clone()) {
                 // Two live connections never share an address; if the OS
                 // reused one before we saw the old connection end, the old
                 // one goes.
@@ -307,7 +320,7 @@ impl Hub {
         .to_bytes();
         {
             let mut users = self.lock();
-            let key = name_key(name);
+            let key = user.key();
             if users.get(&key).is_some_and(|u| u.id == user.id) {
                 users.remove(&key);
                 if reason != LeaveReason::Shutdown && self.presence_on(users.len() + 1) {
@@ -373,11 +386,13 @@ impl Hub {
         to: &str,
         text: &str,
     ) -> Result<Whispered, NoSuchUser> {
+        // Too long to be anyone's name: nobody, here or elsewhere.
+        let key = lookup_key(to).ok_or(NoSuchUser)?;
         let from = {
             let users = self.lock();
             // Read under the lock: never a name a login just took away.
             let from = sender.name();
-            if let Some(target) = users.get(&name_key(to)) {
+            if let Some(target) = users.get(&key) {
                 target.outbox.push(private_line(&from, text));
                 return Ok(Whispered {
                     to: target.name(),
@@ -421,7 +436,7 @@ impl Hub {
             return Ok(before);
         }
         let key = name_key(new);
-        let respell = name_key(&before) == key;
+        let respell = user.key() == key;
         let owner_respells = respell && user.logged_in();
         if !owner_respells {
             if let Some(registered) = self.accounts().and_then(|a| a.registered_name(new)) {
@@ -444,7 +459,7 @@ impl Hub {
                 None if respell => Err(None),
                 _ => {
                     let logged_in = respell && user.logged_in();
-                    Ok(self.move_user(&mut users, user, new, logged_in))
+                    Ok(self.move_user(&mut users, user, new, key, logged_in))
                 }
             }
         };
@@ -519,13 +534,14 @@ impl Hub {
         // In a cluster, a name nobody here holds is claimed first; a
         // holder on another node keeps it (each node checks only its own
         // users' logins, so it cannot take a name back from another node).
-        let here = self.lock().contains_key(&name_key(name));
+        let key = name_key(name);
+        let here = self.lock().contains_key(&key);
         if let Some(c) = &self.cluster {
             if !here && !Box::pin(c.claim(name)).await {
                 return Err(LoginError::Taken(Box::pin(c.spelling(name)).await));
             }
         }
-        let outcome = self.take_name(user, name);
+        let outcome = self.take_name(user, name, key);
         let (old, displaced) = match outcome {
             Ok(taken) => taken,
             Err(holder) => {
@@ -558,7 +574,8 @@ impl Hub {
 
     /// The local part of a login whose password was right: under the
     /// lock, moves a holder that did not log in to its address, then
-    /// `user` to `name`. Returns the user's old name and the displaced
+    /// `user` to `name` (whose [`name_key`] is `key`). Returns the user's
+    /// old name and the displaced
     /// user's new one, each with the notice sent for it (`None`s when
     /// nothing changed), or `Err` with its spelling when a logged-in
     /// session holds `name`.
@@ -567,25 +584,29 @@ impl Hub {
         &self,
         user: &Arc<User>,
         name: &str,
+        key: String,
     ) -> Result<(Option<(String, Bytes)>, Option<(String, Bytes)>), String> {
         let mut users = self.lock();
         let mut displaced = None;
-        if let Some(holder) = users.get(&name_key(name)).cloned() {
+        if let Some(holder) = users.get(&key).cloned() {
             if holder.id == user.id {
                 if user.name() == name {
-                    user.set_name(name, true);
+                    user.set_name(name, key, true);
                     return Ok((None, None));
                 }
-                // Held under other capitals: now under the registered
-                // spelling, and everyone sees the change.
-                let moved = self.move_user(&mut users, user, name, true);
+                // Held under other capitals or a look-alike: now under the
+                // registered spelling, and everyone sees the change.
+                let moved = self.move_user(&mut users, user, name, key, true);
                 return Ok((Some(moved), None));
             }
             if holder.logged_in() {
                 return Err(holder.name());
             }
             let addr = holder.addr.to_string();
-            let (_, notice) = self.move_user(&mut users, &holder, &addr, false);
+            // Known only now, so keyed under the lock (a short ASCII
+            // address: microseconds).
+            let addr_key = name_key(&addr);
+            let (_, notice) = self.move_user(&mut users, &holder, &addr, addr_key, false);
             holder.displaced.store(true, Ordering::Release);
             holder.outbox.push(
                 ServerLine::TakenBack {
@@ -597,24 +618,25 @@ impl Hub {
             tracing::info!(name, now = addr, "name taken back by its registered owner");
             displaced = Some((addr, notice));
         }
-        let moved = self.move_user(&mut users, user, name, true);
+        let moved = self.move_user(&mut users, user, name, key, true);
         Ok((Some(moved), displaced))
     }
 
-    /// Under the lock: moves `user` from its name to the free `new`
-    /// (`logged_in`: by login) and tells everyone else here. Returns the
-    /// old name and the notice, for the other nodes.
+    /// Under the lock: moves `user` from its name to the free `new`, whose
+    /// [`name_key`] is `key` (`logged_in`: by login), and tells everyone
+    /// else here. Returns the old name and the notice, for the other nodes.
     fn move_user(
         &self,
         users: &mut HashMap<String, Arc<User>>,
         user: &Arc<User>,
         new: &str,
+        key: String,
         logged_in: bool,
     ) -> (String, Bytes) {
         let old = user.name();
-        users.remove(&name_key(&old));
-        users.insert(name_key(new), user.clone());
-        user.set_name(new, logged_in);
+        users.remove(&user.key());
+        users.insert(key.clone(), user.clone());
+        user.set_name(new, key, logged_in);
         let notice = ServerLine::NameChanged {
             old: old.clone(),
             new: new.into(),
@@ -655,7 +677,10 @@ impl LocalNode for Hub {
     }
 
     fn private(&self, to: &str, from: &str, text: &str) -> bool {
-        match self.lock().get(&name_key(to)) {
+        let Some(key) = lookup_key(to) else {
+            return false;
+        };
+        match self.lock().get(&key) {
             Some(target) => target.outbox.push(private_line(from, text)),
             None => false,
         }
@@ -868,7 +893,7 @@ mod tests {
         /// before a fence whispered to it now.
         async fn lines(&mut self, hub: &Hub) -> Vec<String> {
             let (fence, _drain) = hub.new_user(addr(9));
-            fence.set_name("fence", false);
+            fence.set_name("fence", name_key("fence"), false);
             hub.whisper(&fence, &self.name, "end").await.unwrap();
             let mut got = Vec::new();
             loop {
@@ -1109,6 +1134,30 @@ mod tests {
             hub.rename(&a.user, "E\u{301}LODIE").await,
             Err(RenameError::Taken(Some("\u{e9}lodie".into())))
         );
+    }
+
+    /// A whisper's NAME is keyed only up to 64 characters (the longest
+    /// name anyone can hold is 58): `alice` padded with invisible fillers,
+    /// which key to nothing, reaches her at 64 characters and nobody at
+    /// 65, here or from another node.
+    #[tokio::test]
+    async fn whispers_to_overlong_names_reach_nobody() {
+        let hub = hub_with(100, 1 << 20);
+        let mut a = join(&hub, "alice", 1).await;
+        let b = join(&hub, "b", 2).await;
+        assert_eq!(a.lines(&hub).await, ["*** b is online"]);
+        let padded = |n: usize| format!("alice{}", "\u{3164}".repeat(n - 5));
+        assert_eq!(
+            hub.whisper(&b.user, &padded(64), "in").await.unwrap().to,
+            "alice"
+        );
+        assert!(hub.private(&padded(64), "x", "in too"));
+        assert_eq!(
+            hub.whisper(&b.user, &padded(65), "out").await.unwrap_err(),
+            NoSuchUser
+        );
+        assert!(!hub.private(&padded(65), "x", "out too"));
+        assert_eq!(a.lines(&hub).await, ["*b* in", "*x* in too"]);
     }
 
     /// What the cluster hands this node: public lines for everyone, notices
