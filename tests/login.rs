@@ -5,13 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use imchat::server::accounts::{hash_password, Accounts};
 use imchat::server::Config;
 
 use crate::support::{
-    imd_command, node, node_with, test_config, LineClient, TestServer, Transcript,
+    imd_command, node, node_with, test_config, wait_for_log, LineClient, TestServer, Transcript,
 };
 
 /// A password no other text of a session contains, so finding it in a log
@@ -321,19 +320,6 @@ fn a_login_takes_back_a_name_held_in_other_capitals() {
         r"^\*\*\* {} is now known as alice$",
         regex::escape(&owner.name)
     ));
-}
-
-/// Waits (bounded) for a log line containing `needle`.
-fn wait_for_log(log: &Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match log.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no log line with {needle:?}: {e}"),
-        }
-    }
 }
 
 fn sighup(srv: &TestServer) {

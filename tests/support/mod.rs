@@ -678,6 +678,20 @@ impl RedisServer {
         self.dir.path().join("redis.sock")
     }
 
+    /// Runs one Redis command with `redis-cli` (Debian's redis-tools, which
+    /// redis-server needs) and returns its reply as redis-cli prints it:
+    /// for tests that set up or look at the cluster's keys directly.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-s")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed (Debian: redis-tools)");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    }
+
     /// Kills the server (SIGKILL): to clients, Redis is gone.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -740,6 +754,20 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Waits (bounded) for a line containing `needle` in a log from
+/// [`TestServer::start_binary_logged`], and returns it.
+pub fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?}: {e}"),
+        }
     }
 }
 

@@ -35,6 +35,8 @@ use super::keys::{node_channel, ALL};
 use super::{lock, Cluster, LocalNode};
 use crate::protocol::ServerLine;
 
+/// The longest wait between tries to reach (or rejoin) the cluster.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Most publishes sent to Redis in one pipeline.
 const PIPELINE: usize = 256;
 /// Bytes of lines waiting to be published. Lines are small and Redis is
@@ -324,15 +326,20 @@ impl Cluster {
             };
             match ps {
                 Ok(ps) => {
-                    backoff = Duration::from_millis(100);
                     if first {
                         first = false;
                     } else if let Err(e) = self.repair(&*local).await {
-                        // The command connection is still reconnecting.
+                        // The command connection is still reconnecting, or
+                        // nodes of another version hold the cluster.
                         tracing::warn!("redis: repair failed: {e}; retrying in {backoff:?}");
-                        tokio::time::sleep(backoff).await;
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
+                    backoff = Duration::from_millis(100);
                     if !self.healthy.swap(true, Ordering::AcqRel) {
                         tracing::info!("redis: reconnected; cluster messages resumed");
                         tell_local(&*local, "cluster messages resumed");
@@ -359,7 +366,7 @@ impl Cluster {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

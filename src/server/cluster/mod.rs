@@ -81,6 +81,16 @@ pub enum ClusterError {
     Url(String, redis::RedisError),
     #[error("cannot reach redis at {0}: {1}")]
     Unreachable(String, redis::RedisError),
+    /// Live nodes of another version hold the cluster ([`keys::SCHEMA`]).
+    #[error(
+        "the cluster at {url} runs imd nodes of another version (key schema {theirs}; this imd's is {ours}): \
+         every node of a cluster must run one version, so stop the running nodes before starting this one"
+    )]
+    OtherVersion {
+        url: String,
+        theirs: String,
+        ours: &'static str,
+    },
 }
 
 /// This node's membership of a cluster.
@@ -159,7 +169,17 @@ impl Cluster {
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let unreachable = |e| ClusterError::Unreachable(cluster.config.url.clone(), e);
-        cluster.register().await.map_err(unreachable)?;
+        if let Err(theirs) = cluster.register().await.map_err(unreachable)? {
+            return Err(ClusterError::OtherVersion {
+                url: cluster.config.url.clone(),
+                theirs: if theirs.is_empty() {
+                    "1".into()
+                } else {
+                    theirs
+                },
+                ours: keys::SCHEMA,
+            });
+        }
         let ps = cluster.subscribe().await.map_err(unreachable)?;
         *lock(&cluster.initial) = Some(ps);
         cluster.healthy.store(true, Ordering::Release);

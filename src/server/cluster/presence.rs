@@ -16,27 +16,30 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{alive_key, claim_key, reap_key, release_claim, users_key, LOCATE, NODES, WHO};
+use super::keys::{
+    alive_key, claim_key, reap_key, release_claim, users_key, JOIN, LOCATE, NODES, SCHEMA,
+    SCHEMA_KEY, WHO,
+};
 use super::{Cluster, LocalNode};
 use crate::protocol::{name_key, LeaveReason, ServerLine};
 
 impl Cluster {
-    /// Marks this node alive and a member.
-    pub(super) async fn register(&self) -> redis::RedisResult<()> {
+    /// Marks this node alive and a member, if the cluster runs this
+    /// node's key [`SCHEMA`] (or no node is alive): see [`JOIN`]. Otherwise
+    /// `Ok(Err(theirs))`, the running nodes' schema (`""` for nodes from
+    /// before schemas were checked), and nothing is changed.
+    pub(super) async fn register(&self) -> redis::RedisResult<Result<(), String>> {
         let mut c = self.conn();
-        redis::pipe()
-            .cmd("SET")
-            .arg(alive_key(&self.node))
-            .arg(1)
-            .arg("EX")
-            .arg(self.config.ttl.as_secs().max(1))
-            .ignore()
-            .cmd("SADD")
-            .arg(NODES)
+        let (joined, theirs): (i64, String) = redis::Script::new(JOIN)
+            .key(SCHEMA_KEY)
+            .key(NODES)
+            .key(alive_key(&self.node))
+            .arg(SCHEMA)
             .arg(&self.node)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await
+            .arg(self.config.ttl.as_secs().max(1))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(if joined == 1 { Ok(()) } else { Err(theirs) })
     }
 
     /// Claims `name` across the cluster. False if someone has it.
@@ -139,7 +142,17 @@ impl Cluster {
     /// Re-registers this node and everything about its users: after a
     /// reconnect, Redis may have restarted empty, or reaped us.
     pub(super) async fn repair(&self, local: &dyn LocalNode) -> redis::RedisResult<()> {
-        self.register().await?;
+        if let Err(theirs) = self.register().await? {
+            // Every node was gone long enough for nodes of another version
+            // to take the cluster over. This node cannot share it: it stays
+            // paused, serving its own users, and the caller tries again
+            // with backoff, as for an unreachable Redis, until they leave.
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::ClientError,
+                "the cluster now runs imd nodes of another version",
+                format!("key schema {theirs:?}; this node's is {SCHEMA}"),
+            )));
+        }
         let names = local.names();
         let mut c = self.conn();
         let mut pipe = redis::pipe();
