@@ -102,17 +102,7 @@ fn names_in_other_capitals_are_one_name_across_nodes() {
     let redis = RedisServer::start();
     let n1 = node(&redis);
     let n2 = node(&redis);
-    let spellings = ["prize", "Prize", "PRIZE", "pRIZE", "PriZe"];
-    let spellings: Vec<String> = spellings
-        .iter()
-        .chain(&spellings)
-        .map(|s| s.to_string())
-        .collect();
-    let mut clients: Vec<_> = (0..5)
-        .map(|i| n1.raw_client(&format!("a{i}")))
-        .chain((0..5).map(|i| n2.raw_client(&format!("b{i}"))))
-        .collect();
-    assert_one_spelling_wins(&mut clients, &spellings);
+    one_spelling_wins_across_nodes(&n1, &n2, ["prize", "Prize", "PRIZE", "pRIZE", "PriZe"]);
 
     let mut alice = n1.client("alice");
     let mut bob = n2.client("bob");
@@ -149,23 +139,12 @@ fn look_alike_names_are_one_name_across_nodes() {
     let n1 = node(&redis);
     let n2 = node(&redis);
     // Latin, capitals, Cyrillic р, і and е.
-    let spellings = [
-        "prize",
-        "PRIZE",
-        "\u{440}rize",
-        "pr\u{456}ze",
-        "priz\u{435}",
-    ];
-    let spellings: Vec<String> = spellings
-        .iter()
-        .chain(&spellings)
-        .map(|s| s.to_string())
-        .collect();
-    let mut clients: Vec<_> = (0..5)
-        .map(|i| n1.raw_client(&format!("a{i}")))
-        .chain((0..5).map(|i| n2.raw_client(&format!("b{i}"))))
-        .collect();
-    assert_one_spelling_wins(&mut clients, &spellings);
+    let cyrillic = ["\u{440}rize", "pr\u{456}ze", "priz\u{435}"];
+    one_spelling_wins_across_nodes(
+        &n1,
+        &n2,
+        ["prize", "PRIZE", cyrillic[0], cyrillic[1], cyrillic[2]],
+    );
 
     let mut alice = n1.client("alice");
     let mut bob = n2.client("bob");
@@ -189,6 +168,21 @@ fn look_alike_names_are_one_name_across_nodes() {
         who.contains(&"adrnin".to_string()) && who.contains(&"alice".to_string()),
         "{who:?}"
     );
+}
+
+/// Five clients on each node rename at once, those of each node to the
+/// five `spellings` of one name: [`assert_one_spelling_wins`].
+fn one_spelling_wins_across_nodes(n1: &TestServer, n2: &TestServer, spellings: [&str; 5]) {
+    let spellings: Vec<String> = spellings
+        .iter()
+        .chain(&spellings)
+        .map(|s| s.to_string())
+        .collect();
+    let mut clients: Vec<_> = (0..5)
+        .map(|i| n1.raw_client(&format!("a{i}")))
+        .chain((0..5).map(|i| n2.raw_client(&format!("b{i}"))))
+        .collect();
+    assert_one_spelling_wins(&mut clients, &spellings);
 }
 
 /// Each user sees each sender's lines in the order sent, across nodes.

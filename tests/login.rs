@@ -277,24 +277,7 @@ fn a_registered_name_protects_its_look_alikes() {
 /// loses it when the owner logs in, as for other capitals.
 #[test]
 fn a_login_takes_back_a_look_alike_of_the_name() {
-    let (_dir, path) = accounts_file(&[("bob", "bobs-pw")]);
-    let (srv, accounts) = server_with(&path);
-    let mut watch = srv.client("watch");
-    let mut squatter = srv.client("adrnin");
-    let addr = regex::escape(&squatter.name);
-    write_accounts(&path, &[("admin", ALICE_PW), ("bob", "bobs-pw")]);
-    assert_eq!(accounts.reload().unwrap(), 2);
-    let mut owner = srv.raw_client("owner");
-    owner.send(&format!("login|admin|{ALICE_PW}"));
-    owner.expect_next("^ok login: you are now admin$");
-    squatter.expect_next(&format!(
-        r"^\*\*\* renamed: you are now {addr} \(admin is a registered name and its owner logged in\)$"
-    ));
-    watch.expect(&format!(r"^\*\*\* adrnin is now known as {addr}$"));
-    watch.expect(&format!(
-        r"^\*\*\* {} is now known as admin$",
-        regex::escape(&owner.name)
-    ));
+    a_login_takes_back("adrnin", "admin", "admin");
 }
 
 /// A user holding a name in other capitals before the name is registered
@@ -302,22 +285,30 @@ fn a_login_takes_back_a_look_alike_of_the_name() {
 /// under the file's spelling.
 #[test]
 fn a_login_takes_back_a_name_held_in_other_capitals() {
+    a_login_takes_back("ALICE", "alice", "Alice");
+}
+
+/// A user holds `squatted`; then `registered` (another spelling of it) is
+/// registered, and its owner logs in typing `typed`: the squatter is moved
+/// to its address and told why, and a watcher sees both renames, the
+/// owner's under the file's spelling.
+fn a_login_takes_back(squatted: &str, registered: &str, typed: &str) {
     let (_dir, path) = accounts_file(&[("bob", "bobs-pw")]);
     let (srv, accounts) = server_with(&path);
     let mut watch = srv.client("watch");
-    let mut squatter = srv.client("ALICE");
+    let mut squatter = srv.client(squatted);
     let addr = regex::escape(&squatter.name);
-    write_accounts(&path, &[("alice", ALICE_PW), ("bob", "bobs-pw")]);
+    write_accounts(&path, &[(registered, ALICE_PW), ("bob", "bobs-pw")]);
     assert_eq!(accounts.reload().unwrap(), 2);
     let mut owner = srv.raw_client("owner");
-    owner.send(&format!("login|Alice|{ALICE_PW}"));
-    owner.expect_next("^ok login: you are now alice$");
+    owner.send(&format!("login|{typed}|{ALICE_PW}"));
+    owner.expect_next(&format!("^ok login: you are now {registered}$"));
     squatter.expect_next(&format!(
-        r"^\*\*\* renamed: you are now {addr} \(alice is a registered name and its owner logged in\)$"
+        r"^\*\*\* renamed: you are now {addr} \({registered} is a registered name and its owner logged in\)$"
     ));
-    watch.expect(&format!(r"^\*\*\* ALICE is now known as {addr}$"));
+    watch.expect(&format!(r"^\*\*\* {squatted} is now known as {addr}$"));
     watch.expect(&format!(
-        r"^\*\*\* {} is now known as alice$",
+        r"^\*\*\* {} is now known as {registered}$",
         regex::escape(&owner.name)
     ));
 }

@@ -100,14 +100,7 @@ fn concurrent_renames_to_one_name_have_one_winner() {
 /// (`prize`, `Prize`, `PRIZE`, ...), exactly one wins: they are one name.
 #[test]
 fn concurrent_renames_to_one_name_in_other_capitals_have_one_winner() {
-    let srv = TestServer::start();
-    let spellings: Vec<String> = ["prize", "Prize", "PRIZE", "pRIZE", "PriZe", "prizE"]
-        .map(String::from)
-        .into();
-    let mut clients: Vec<_> = (0..spellings.len())
-        .map(|i| srv.raw_client(&format!("c{i}")))
-        .collect();
-    assert_one_spelling_wins(&mut clients, &spellings);
+    one_of_concurrent_renames_wins(&["prize", "Prize", "PRIZE", "pRIZE", "PriZe", "prizE"]);
 }
 
 /// Of concurrent renames to names that only look alike (`admin`,
@@ -115,17 +108,22 @@ fn concurrent_renames_to_one_name_in_other_capitals_have_one_winner() {
 /// one name, and the rename is as atomic as for one spelling.
 #[test]
 fn concurrent_renames_to_look_alike_names_have_one_winner() {
-    let srv = TestServer::start();
-    let spellings: Vec<String> = [
+    let cyrillic = ["\u{430}dmin", "\u{430}drn\u{456}n"];
+    one_of_concurrent_renames_wins(&[
         "admin",
         "adrnin",
-        "\u{430}dmin",
+        cyrillic[0],
         "ADRNIN",
-        "\u{430}drn\u{456}n",
+        cyrillic[1],
         "Admin",
-    ]
-    .map(String::from)
-    .into();
+    ]);
+}
+
+/// On a server of its own, one client per spelling renames to it, all at
+/// once: [`assert_one_spelling_wins`].
+fn one_of_concurrent_renames_wins(spellings: &[&str]) {
+    let srv = TestServer::start();
+    let spellings: Vec<String> = spellings.iter().map(|s| s.to_string()).collect();
     let mut clients: Vec<_> = (0..spellings.len())
         .map(|i| srv.raw_client(&format!("c{i}")))
         .collect();
