@@ -2,8 +2,8 @@
 //! users of each node, and reaping nodes that died without leaving.
 //!
 //! ```text
-//! SET  imchat:name:<KEY> <node> NX   a name claim: unique across the cluster (atomic)
-//! HSET imchat:who:<node> KEY NAME    who is on each node (for `who`), as spelled
+//! SET  imchat:name:<KEY> <node> NX      a name claim: unique across the cluster (atomic)
+//! HSET imchat:who:<node> KEY NAME       who is on each node (for `who`), as spelled
 //! SET  imchat:alive:<node> 1 EX <ttl>   liveness, refreshed every ttl/3
 //! SADD imchat:nodes <node>              every node that may need reaping
 //! ```
