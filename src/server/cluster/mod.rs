@@ -81,7 +81,7 @@ pub enum ClusterError {
     Url(String, redis::RedisError),
     #[error("cannot reach redis at {0}: {1}")]
     Unreachable(String, redis::RedisError),
-    /// Live nodes of another version hold the cluster ([`keys::SCHEMA`]).
+    /// Live nodes of another version hold the cluster (`keys::SCHEMA`).
     #[error(
         "the cluster at {url} runs imd nodes of another version (key schema {theirs}; this imd's is {ours}): \
          every node of a cluster must run one version, so stop the running nodes before starting this one"
