@@ -4,7 +4,8 @@
 # is there):
 #
 # - redis-server: the cluster tests (tests/cluster.rs) and the fan-out
-#   bench's Redis test;
+#   bench's Redis test; redis-cli (Debian: redis-tools, which redis-server
+#   pulls in): cluster tests that set up or read Redis keys directly;
 # - nats-server: the fan-out bench's NATS test (tests/bench.rs);
 # - python3: the pseudo-terminal driver of the REPL tests (tests/tty.rs,
 #   tests/support/pty_drive.py) and ci/integration.sh's JSON checks;
@@ -27,6 +28,7 @@ packages=()
 for tool in redis-server nats-server python3; do
     have "$tool" || packages+=("$tool")
 done
+have redis-cli || packages+=(redis-tools)
 
 components=()
 cargo fmt --version >/dev/null 2>&1 || components+=(rustfmt)
@@ -52,7 +54,7 @@ if [ "${#packages[@]}" != 0 ]; then
     # tests start their own and do not need them.
 fi
 
-for tool in redis-server nats-server python3; do
+for tool in redis-server redis-cli nats-server python3; do
     have "$tool" || {
         echo "ci/deps.sh: $tool is still missing" >&2
         exit 1

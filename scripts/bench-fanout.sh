@@ -30,6 +30,10 @@
 #       server far past its capacity while the load generator keeps up
 #   SEED_BIN=path/to/im-seed-server for SERVERS containing seed (default:
 #       built by ../shared/reference/go-seed/build.sh when Go is there)
+#   REDIS_BIN, NATS_BIN   the redis-server / nats-server to run (default:
+#       the ones on PATH or in /usr/sbin)
+#   STOP_AT=EPOCH_SECONDS   start no run after this time; the table shows
+#       the runs made (scripts/bench-device.sh uses it to fit a time limit)
 #   SERVER_THREADS=4   run the server with this many threads whatever its
 #       cores (imd: TOKIO_WORKER_THREADS; NATS and the seed: GOMAXPROCS;
 #       Redis: no effect). Default: the servers' own choice, one per core
@@ -73,7 +77,7 @@ if [[ " $SERVERS " == *" seed "* ]] && [ ! -x "$SEED_BIN" ] && command -v go >/d
     bash ../shared/reference/go-seed/build.sh "$(dirname "$SEED_BIN")" >&2
 fi
 declare -A server_bin=([imd]=$BIN/imd [imd-before]=${BASE_BIN:-} [seed]=$SEED_BIN
-    [redis]=$(find_cmd redis-server) [nats]=$(find_cmd nats-server))
+    [redis]=${REDIS_BIN:-$(find_cmd redis-server)} [nats]=${NATS_BIN:-$(find_cmd nats-server)})
 # The protocol the load generator speaks to each kind.
 declare -A proto_of=([imd]=imd [imd-before]=imd [seed]=imd [redis]=redis [nats]=nats)
 servers=()
@@ -160,7 +164,7 @@ stop_server() {
     SPID=
 }
 
-model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+model=$( (lscpu 2>/dev/null || true) | sed -n 's/^Model name: *//p' | head -1)
 echo "# Open-loop pub/sub fan-out: ${servers[*]}"
 echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), host: $(uname -sr), nproc: $(nproc), CPU: ${model:-unknown}"
@@ -191,6 +195,10 @@ for cfg in $CONFIGS; do
         per_pub=$(python3 -c "print($rate / $SUBSCRIBERS / $PUBLISHERS)")
         for rep in $(seq "$REPEAT"); do
             for kind in "${servers[@]}"; do
+                if [ -n "${STOP_AT:-}" ] && [ "$(date +%s)" -ge "$STOP_AT" ]; then
+                    echo "  STOP_AT reached: $kind srv $scpus $rate run $rep and later runs not made"
+                    break 4
+                fi
                 n=$((n + 1))
                 name="$(printf %03d "$n")-$kind-srv${scpus}-load${lcpus}-r${rate}-${rep}"
                 log=$runs_dir/$name.log

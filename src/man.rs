@@ -3,7 +3,7 @@
 //!
 //! clap_mangen renders NAME, SYNOPSIS, DESCRIPTION, OPTIONS (each option
 //! says which environment variable also sets it) and VERSION. This adds
-//! COMMANDS (see [`subcommands`]) and the two sections a user of a server
+//! COMMANDS (see `subcommands`) and the two sections a user of a server
 //! or a script looks for first and that clap has no place for: ENVIRONMENT
 //! (every `env` of the definition, plus the variables read outside clap)
 //! and EXIT STATUS (the binary's exit-code table, the same text `--help`

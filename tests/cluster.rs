@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::support::{
     assert_one_rename_winner, assert_one_spelling_wins, imd_command, node, node_flags, node_with,
-    RedisServer, RefusedPort, TestServer, NODE_TTL,
+    wait_for_log, RedisServer, RefusedPort, TestServer, NODE_TTL,
 };
 
 /// A node with a presence TTL of `ttl` seconds (the tests of node loss;
@@ -102,17 +102,7 @@ fn names_in_other_capitals_are_one_name_across_nodes() {
     let redis = RedisServer::start();
     let n1 = node(&redis);
     let n2 = node(&redis);
-    let spellings = ["prize", "Prize", "PRIZE", "pRIZE", "PriZe"];
-    let spellings: Vec<String> = spellings
-        .iter()
-        .chain(&spellings)
-        .map(|s| s.to_string())
-        .collect();
-    let mut clients: Vec<_> = (0..5)
-        .map(|i| n1.raw_client(&format!("a{i}")))
-        .chain((0..5).map(|i| n2.raw_client(&format!("b{i}"))))
-        .collect();
-    assert_one_spelling_wins(&mut clients, &spellings);
+    one_spelling_wins_across_nodes(&n1, &n2, ["prize", "Prize", "PRIZE", "pRIZE", "PriZe"]);
 
     let mut alice = n1.client("alice");
     let mut bob = n2.client("bob");
@@ -135,6 +125,64 @@ fn names_in_other_capitals_are_one_name_across_nodes() {
         who.contains(&"Alice".to_string()) && !who.contains(&"alice".to_string()),
         "{who:?}"
     );
+}
+
+/// Names that only look alike are one name across the cluster too (the
+/// claim is keyed by the name key): of concurrent renames to look-alikes
+/// of one name on two nodes one wins; a look-alike of a name held on the
+/// other node is taken, and the error names the holder's spelling (looked
+/// up in Redis); a whisper to a look-alike crosses nodes and `ok to` shows
+/// the holder's spelling.
+#[test]
+fn look_alike_names_are_one_name_across_nodes() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis);
+    let n2 = node(&redis);
+    // Latin, capitals, Cyrillic р, і and е.
+    let cyrillic = ["\u{440}rize", "pr\u{456}ze", "priz\u{435}"];
+    one_spelling_wins_across_nodes(
+        &n1,
+        &n2,
+        ["prize", "PRIZE", cyrillic[0], cyrillic[1], cyrillic[2]],
+    );
+
+    let mut alice = n1.client("alice");
+    let mut bob = n2.client("bob");
+    alice.expect(r"is now known as bob$");
+    bob.send("rename|\u{430}lice");
+    bob.expect_next("^error name-taken: name '\u{430}lice' is taken by alice$");
+    bob.send("rename|a1ice");
+    bob.expect_next("^error name-taken: name 'a1ice' is taken by alice$");
+    bob.send("to|\u{430}l\u{456}ce|psst");
+    bob.expect_next("^ok to alice: psst$");
+    alice.expect(r"^\*bob\* psst$");
+    alice.send("rename|adrnin");
+    alice.expect_next("^ok rename: you are now adrnin$");
+    bob.expect(r"^\*\*\* alice is now known as adrnin$");
+    bob.send("rename|admin");
+    bob.expect_next("^error name-taken: name 'admin' is taken by adrnin$");
+    bob.send("rename|alice");
+    bob.expect_next("^ok rename: you are now alice$");
+    let who = bob.who();
+    assert!(
+        who.contains(&"adrnin".to_string()) && who.contains(&"alice".to_string()),
+        "{who:?}"
+    );
+}
+
+/// Five clients on each node rename at once, those of each node to the
+/// five `spellings` of one name: [`assert_one_spelling_wins`].
+fn one_spelling_wins_across_nodes(n1: &TestServer, n2: &TestServer, spellings: [&str; 5]) {
+    let spellings: Vec<String> = spellings
+        .iter()
+        .chain(&spellings)
+        .map(|s| s.to_string())
+        .collect();
+    let mut clients: Vec<_> = (0..5)
+        .map(|i| n1.raw_client(&format!("a{i}")))
+        .chain((0..5).map(|i| n2.raw_client(&format!("b{i}"))))
+        .collect();
+    assert_one_spelling_wins(&mut clients, &spellings);
 }
 
 /// Each user sees each sender's lines in the order sent, across nodes.
@@ -218,6 +266,102 @@ fn redis_restart_pauses_then_resumes_the_cluster() {
     alice.expect_none_before("fence on node two", "^<alice> across again$");
     bob.send("to|carol|welcome back");
     carol.expect_none_before("fence on node two", r"^\*bob\* welcome back$");
+}
+
+/// `imd --redis` on `redis`, run to its end: exit status and stderr.
+fn start_node_to_end(redis: &RedisServer) -> (Option<i32>, String, Vec<u8>) {
+    let out = assert_cmd::Command::from_std(imd_command())
+        .args(["--port", "0"])
+        .args(node_flags(&redis.url(), NODE_TTL))
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), err, out.stdout)
+}
+
+/// While nodes of another version are alive (the key schema they wrote
+/// is not ours), a new node refuses to join: exit 1, a message that says
+/// what to do, and no `listening` line. The running node is untouched.
+#[test]
+fn a_node_of_another_version_is_refused_while_the_cluster_runs() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis);
+    let mut alice = n1.client("alice");
+    assert_eq!(redis.cli(&["GET", "imchat:schema"]), "3");
+    // The running nodes are now "of version 999".
+    redis.cli(&["SET", "imchat:schema", "999"]);
+    let (code, err, stdout) = start_node_to_end(&redis);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("runs imd nodes of another version (key schema 999; this imd's is 3)")
+            && err.contains("stop the running nodes before starting this one"),
+        "{err}"
+    );
+    assert!(stdout.is_empty(), "no 'listening' line when it cannot join");
+    // Nodes from before schemas were checked write no schema key.
+    redis.cli(&["DEL", "imchat:schema"]);
+    let (code, err, _) = start_node_to_end(&redis);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("(key schema 1; this imd's is 3)"), "{err}");
+    // Neither refused node left a trace: alice's node is the only member.
+    assert_eq!(redis.cli(&["SCARD", "imchat:nodes"]), "1");
+    assert_eq!(alice.who(), vec!["alice"]);
+}
+
+/// A cluster whose nodes are all dead (no `alive` key) and of an older
+/// version: the first new node takes it over. What the dead nodes left,
+/// which it could not read or reap, is deleted, so the names they held
+/// are free again.
+#[test]
+fn a_new_version_takes_over_a_dead_cluster_and_frees_its_names() {
+    let redis = RedisServer::start();
+    // A node of version 1 that was killed: its claim on `alice` (keyed by
+    // spelling), its user set, its membership; no schema key, no `alive`.
+    redis.cli(&["SET", "imchat:name:alice", "old-node"]);
+    redis.cli(&["SADD", "imchat:users:old-node", "alice"]);
+    redis.cli(&["SADD", "imchat:nodes", "old-node"]);
+    let n1 = node(&redis);
+    let mut a = n1.raw_client("a");
+    a.send("rename|alice");
+    a.expect_next("^ok rename: you are now alice$");
+    assert_eq!(a.who(), vec!["alice"]);
+    assert_eq!(redis.cli(&["GET", "imchat:schema"]), "3");
+    assert_eq!(redis.cli(&["EXISTS", "imchat:users:old-node"]), "0");
+    assert_eq!(redis.cli(&["SISMEMBER", "imchat:nodes", "old-node"]), "0");
+}
+
+/// A node that lost Redis and comes back to find nodes of another version
+/// holding the cluster stays paused (serving its own users, retrying),
+/// and joins once they are gone.
+#[test]
+fn a_node_stays_paused_while_another_version_holds_the_cluster() {
+    let redis = RedisServer::start();
+    let (n1, log) = TestServer::start_binary_logged(
+        &node_flags(&redis.url(), NODE_TTL),
+        &[("RUST_LOG", "warn")],
+    );
+    let mut alice = n1.client("alice");
+    // Another version's node is alive and has written its schema...
+    redis.cli(&["SET", "imchat:schema", "999"]);
+    redis.cli(&["SADD", "imchat:nodes", "other-node"]);
+    redis.cli(&["SET", "imchat:alive:other-node", "1", "EX", "300"]);
+    // ...when n1's link to Redis drops.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    alice.expect(r"^\*\*\* cluster: cluster messages are paused");
+    let refused = wait_for_log(&log, "the cluster now runs imd nodes of another version");
+    assert!(
+        refused.contains(r#"key schema "999"; this node's is 3"#),
+        "{refused}"
+    );
+    alice.send("still here");
+    alice.expect("^<alice> still here$");
+    assert_eq!(redis.cli(&["SCARD", "imchat:who:other-node"]), "0");
+    // The other version's last node goes: n1 joins and takes over.
+    redis.cli(&["DEL", "imchat:alive:other-node"]);
+    alice.expect(r"^\*\*\* cluster: cluster messages resumed$");
+    assert_eq!(redis.cli(&["GET", "imchat:schema"]), "3");
+    assert_eq!(redis.cli(&["EXISTS", "imchat:name:alice"]), "1");
 }
 
 /// Redis unreachable at start: a clear error and a non-zero exit.

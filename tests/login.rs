@@ -5,13 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use imchat::server::accounts::{hash_password, Accounts};
 use imchat::server::Config;
 
 use crate::support::{
-    imd_command, node, node_with, test_config, LineClient, TestServer, Transcript,
+    imd_command, node, node_with, test_config, wait_for_log, LineClient, TestServer, Transcript,
 };
 
 /// A password no other text of a session contains, so finding it in a log
@@ -196,7 +195,8 @@ fn renaming_away_gives_the_name_up() {
 }
 
 /// A registered name is one name in any capitals: renames to `Alice` or
-/// `ALICE` are refused as registered, `login|ALICE|...` logs in under the
+/// `ALICE` are refused as registered (told to log in as the file spells
+/// it), `login|ALICE|...` logs in under the
 /// file's spelling `alice`, the owner may respell it (everyone is told,
 /// and it still holds the name: a second login is refused), and a whisper
 /// to it in any capitals gets there, answered with its spelling.
@@ -207,9 +207,7 @@ fn a_registered_name_is_one_name_in_any_capitals() {
     let mut a = srv.raw_client("a");
     for spelling in ["Alice", "ALICE"] {
         a.send(&format!("rename|{spelling}"));
-        a.expect_next(&format!(
-            r"^error name-registered: use login\|{spelling}\|PASSWORD$"
-        ));
+        a.expect_next(r"^error name-registered: use login\|alice\|PASSWORD$");
     }
     a.send(&format!("login|ALICE|{ALICE_PW}"));
     a.expect_next("^ok login: you are now alice$");
@@ -231,42 +229,88 @@ fn a_registered_name_is_one_name_in_any_capitals() {
     assert_eq!(bob.who(), [&second.name, "Alice", "bob"], "sorted");
 }
 
+/// A registered name protects the names that only look like it: renames
+/// to `adrnin` (rn looks like m) or `аdmin` (Cyrillic а) are refused and
+/// told the file's spelling, `login|adrnin|...` logs in as `admin`, a
+/// second login by another look-alike is told who holds it, and a whisper
+/// to a look-alike reaches the owner. A name written decomposed in the file
+/// (`e` + U+0301) logs in typed either way and is shown composed.
+#[test]
+fn a_registered_name_protects_its_look_alikes() {
+    let (_dir, path) = accounts_file(&[("admin", ALICE_PW), ("e\u{301}lodie", "elodie-pw")]);
+    let (srv, _accounts) = server_with(&path);
+    let mut bob = srv.client("bob");
+    let mut a = srv.raw_client("a");
+    for alike in ["adrnin", "\u{430}dmin", "ADRNIN"] {
+        a.send(&format!("rename|{alike}"));
+        a.expect_next(r"^error name-registered: use login\|admin\|PASSWORD$");
+    }
+    a.send(&format!("login|adrnin|{ALICE_PW}"));
+    a.expect_next("^ok login: you are now admin$");
+    bob.expect(&format!(
+        r"^\*\*\* {} is now known as admin$",
+        regex::escape(&a.name)
+    ));
+    let mut second = srv.raw_client("second");
+    second.send(&format!("login|\u{430}drnin|{ALICE_PW}"));
+    second.expect_next(
+        "^error name-taken: name '\u{430}drnin' is in use as admin by a session that logged in",
+    );
+    bob.send("to|\u{430}drnin|hi");
+    bob.expect_next("^ok to admin: hi$");
+    a.expect(r"^\*bob\* hi$");
+
+    let mut e = srv.raw_client("e");
+    e.send("login|e\u{301}lodie|elodie-pw");
+    e.expect_next("^ok login: you are now \u{e9}lodie$");
+    bob.expect("^\\*\\*\\* \\S+ is now known as \u{e9}lodie$");
+    e.send("rename|elsewhere");
+    e.expect_next("^ok rename: you are now elsewhere$");
+    e.send("login|\u{e9}lodie|elodie-pw");
+    e.expect_next("^ok login: you are now \u{e9}lodie$");
+    a.send("fence");
+    second.expect_none_before(r"known as admin|\bhi$", "^<admin> fence$");
+    assert_eq!(bob.who(), [&second.name, "admin", "bob", "\u{e9}lodie"]);
+}
+
+/// A user holding a look-alike of a name before the name is registered
+/// loses it when the owner logs in, as for other capitals.
+#[test]
+fn a_login_takes_back_a_look_alike_of_the_name() {
+    a_login_takes_back("adrnin", "admin", "admin");
+}
+
 /// A user holding a name in other capitals before the name is registered
 /// loses it when the owner logs in: both renames are announced, the owner
 /// under the file's spelling.
 #[test]
 fn a_login_takes_back_a_name_held_in_other_capitals() {
+    a_login_takes_back("ALICE", "alice", "Alice");
+}
+
+/// A user holds `squatted`; then `registered` (another spelling of it) is
+/// registered, and its owner logs in typing `typed`: the squatter is moved
+/// to its address and told why, and a watcher sees both renames, the
+/// owner's under the file's spelling.
+fn a_login_takes_back(squatted: &str, registered: &str, typed: &str) {
     let (_dir, path) = accounts_file(&[("bob", "bobs-pw")]);
     let (srv, accounts) = server_with(&path);
     let mut watch = srv.client("watch");
-    let mut squatter = srv.client("ALICE");
+    let mut squatter = srv.client(squatted);
     let addr = regex::escape(&squatter.name);
-    write_accounts(&path, &[("alice", ALICE_PW), ("bob", "bobs-pw")]);
+    write_accounts(&path, &[(registered, ALICE_PW), ("bob", "bobs-pw")]);
     assert_eq!(accounts.reload().unwrap(), 2);
     let mut owner = srv.raw_client("owner");
-    owner.send(&format!("login|Alice|{ALICE_PW}"));
-    owner.expect_next("^ok login: you are now alice$");
+    owner.send(&format!("login|{typed}|{ALICE_PW}"));
+    owner.expect_next(&format!("^ok login: you are now {registered}$"));
     squatter.expect_next(&format!(
-        r"^\*\*\* renamed: you are now {addr} \(alice is a registered name and its owner logged in\)$"
+        r"^\*\*\* renamed: you are now {addr} \({registered} is a registered name and its owner logged in\)$"
     ));
-    watch.expect(&format!(r"^\*\*\* ALICE is now known as {addr}$"));
+    watch.expect(&format!(r"^\*\*\* {squatted} is now known as {addr}$"));
     watch.expect(&format!(
-        r"^\*\*\* {} is now known as alice$",
+        r"^\*\*\* {} is now known as {registered}$",
         regex::escape(&owner.name)
     ));
-}
-
-/// Waits (bounded) for a log line containing `needle`.
-fn wait_for_log(log: &Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match log.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no log line with {needle:?}: {e}"),
-        }
-    }
 }
 
 fn sighup(srv: &TestServer) {

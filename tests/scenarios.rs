@@ -125,6 +125,7 @@ scenario_files! {
     idle_timeout,
     names_address_and_rules,
     names_ignore_case,
+    names_look_alike,
     pipelining,
     portable_empty_line_is_ignored,
     portable_rename_to_own_name,

@@ -68,7 +68,7 @@ fn rename_refuses_taken_and_invalid_names() {
     bob.send("rename|alice");
     bob.expect_next("^error name-taken: ");
     bob.send("rename|ALICE");
-    bob.expect_next("^error name-taken: name 'ALICE' is taken$");
+    bob.expect_next("^error name-taken: name 'ALICE' is taken by alice$");
     for bad in ["a b", "a|b", "x\x1b[2J", "127.0.0.1:9", "<root>"] {
         bob.send(&format!("rename|{bad}"));
         bob.expect_next("^error bad-name: ");
@@ -100,10 +100,30 @@ fn concurrent_renames_to_one_name_have_one_winner() {
 /// (`prize`, `Prize`, `PRIZE`, ...), exactly one wins: they are one name.
 #[test]
 fn concurrent_renames_to_one_name_in_other_capitals_have_one_winner() {
+    one_of_concurrent_renames_wins(&["prize", "Prize", "PRIZE", "pRIZE", "PriZe", "prizE"]);
+}
+
+/// Of concurrent renames to names that only look alike (`admin`,
+/// `adrnin`, Cyrillic `аdmin`, `ADRNIN`, ...), exactly one wins: they are
+/// one name, and the rename is as atomic as for one spelling.
+#[test]
+fn concurrent_renames_to_look_alike_names_have_one_winner() {
+    let cyrillic = ["\u{430}dmin", "\u{430}drn\u{456}n"];
+    one_of_concurrent_renames_wins(&[
+        "admin",
+        "adrnin",
+        cyrillic[0],
+        "ADRNIN",
+        cyrillic[1],
+        "Admin",
+    ]);
+}
+
+/// On a server of its own, one client per spelling renames to it, all at
+/// once: [`assert_one_spelling_wins`].
+fn one_of_concurrent_renames_wins(spellings: &[&str]) {
     let srv = TestServer::start();
-    let spellings: Vec<String> = ["prize", "Prize", "PRIZE", "pRIZE", "PriZe", "prizE"]
-        .map(String::from)
-        .into();
+    let spellings: Vec<String> = spellings.iter().map(|s| s.to_string()).collect();
     let mut clients: Vec<_> = (0..spellings.len())
         .map(|i| srv.raw_client(&format!("c{i}")))
         .collect();

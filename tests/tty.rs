@@ -362,3 +362,26 @@ fn hash_password_refuses_a_mismatch() {
         "a password was echoed: {screen}"
     );
 }
+
+/// Ctrl-C at a password prompt ends the program as Ctrl-C does (killed by
+/// SIGINT, no hash), and the terminal echoes again afterwards: the
+/// settings are put back before the signal, not left to the shell.
+/// Ctrl-\ likewise, with SIGQUIT.
+#[test]
+fn interrupting_the_password_prompt_gives_the_terminal_back() {
+    for (key, signal) in [("\\x03", libc::SIGINT), ("\\x1c", libc::SIGQUIT)] {
+        let mut tty = Tty::run({
+            let mut cmd = Tty::command("imd");
+            cmd.arg("hash-password");
+            cmd
+        });
+        tty.expect("Password: ");
+        assert_eq!(tty.cmd("echo?"), "echo off", "the prompt hides the typing");
+        tty.cmd(&format!("keys half-typed{key}"));
+        assert_eq!(tty.cmd("wait"), format!("exit -{signal}"), "{key}");
+        assert_eq!(tty.cmd("echo?"), "echo on", "{key}: echo left off");
+        let screen = tty.cmd("dump");
+        assert!(!screen.contains("$argon2"), "a hash was printed: {screen}");
+        assert!(!screen.contains("half-typed"), "echoed: {screen}");
+    }
+}

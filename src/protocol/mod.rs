@@ -52,7 +52,10 @@ mod text;
 
 pub use command::{Command, Password, LOGIN_USAGE, RENAME_USAGE, WHISPER_USAGE};
 pub use server_line::{encode_public, ErrorCode, LeaveReason, ServerLine};
-pub use text::{fold, is_unsafe_char, validate_name, visible, NameError, MAX_NAME_CHARS};
+pub use text::{
+    chosen_name, is_unsafe_char, lookup_key, name_key, nfc, validate_name, visible, NameError,
+    MAX_HELD_NAME_CHARS, MAX_NAME_CHARS,
+};
 
 #[cfg(test)]
 mod tests {

@@ -9,12 +9,15 @@
 //! NAME:HASH
 //! ```
 //!
-//! NAME follows the name rules of PROTOCOL.md; HASH is an Argon2id PHC
-//! string, as `imd hash-password` prints it. Spaces around either are
-//! ignored. A name listed twice (also in other capitals: `alice` and
-//! `Alice` are one name, see [`fold`]), a bad name or a hash that is not
-//! Argon2id makes the whole file invalid: at start imd exits 1, on a reload
-//! (SIGHUP) the accounts in use are kept and the error is logged.
+//! NAME follows the name rules of PROTOCOL.md, and is taken in NFC form as
+//! a chosen name is (an editor that writes `é` as `e` + U+0301 makes the
+//! same account); HASH is an Argon2id PHC string, as `imd hash-password`
+//! prints it. Spaces around either are ignored. A name listed twice (also
+//! in other capitals or in letters that only look alike: `alice`, `Alice`
+//! and `аlice` are one name, as are `admin` and `adrnin`, see
+//! [`name_key`]), a bad name or a hash that is not Argon2id makes the whole
+//! file invalid: at start imd exits 1, on a reload (SIGHUP) the accounts in
+//! use are kept and the error is logged.
 //!
 //! # Checking a password
 //!
@@ -38,7 +41,7 @@ use password_hash::SaltString;
 use tokio::sync::Semaphore;
 
 use super::throttle::Throttle;
-use crate::protocol::{fold, validate_name};
+use crate::protocol::{chosen_name, lookup_key, name_key, nfc};
 
 /// Most password checks running at once. Each holds 19 MiB and a core for
 /// tens of milliseconds; four bound that to under 80 MiB and leave cores
@@ -67,8 +70,8 @@ pub enum AccountsError {
 /// One registered name.
 #[derive(Clone)]
 pub struct Account {
-    /// The name as the file spells it: what a user who logs in is called,
-    /// whatever capitals they typed.
+    /// The name as the file spells it (in NFC form): what a user who logs
+    /// in is called, whatever capitals or look-alike letters they typed.
     pub name: String,
     /// Its Argon2id PHC string.
     pub hash: String,
@@ -83,8 +86,8 @@ impl std::fmt::Debug for Account {
     }
 }
 
-/// The registered names, keyed by their [`fold`]ed form, so a lookup in
-/// any capitals finds the account.
+/// The registered names, keyed by their [`name_key`], so a lookup in any
+/// capitals, or by a look-alike (`adrnin` for `admin`), finds the account.
 pub type Table = HashMap<String, Account>;
 
 /// The registered names and the state of logins: the table from the file
@@ -92,7 +95,7 @@ pub type Table = HashMap<String, Account>;
 /// failures.
 pub struct Accounts {
     path: Option<PathBuf>,
-    /// Folded NAME → its account. Read on every login and rename,
+    /// NAME's [`name_key`] → its account. Read on every login and rename,
     /// written only by a reload, which swaps in a whole new table.
     table: RwLock<Arc<Table>>,
     /// A hash of a random password with the default parameters, checked
@@ -157,8 +160,9 @@ pub fn parse(path: &str, text: &str) -> Result<Table, AccountsError> {
         let (name, hash) = line
             .split_once(':')
             .ok_or_else(|| bad("expected NAME:HASH".into()))?;
-        let (name, hash) = (name.trim(), hash.trim());
-        validate_name(name).map_err(|e| bad(format!("invalid name: {e}")))?;
+        let hash = hash.trim();
+        let name = chosen_name(name.trim()).map_err(|e| bad(format!("invalid name: {e}")))?;
+        let name = name.as_ref();
         let parsed = PasswordHash::new(hash)
             .map_err(|e| bad(format!("'{name}': not a PHC hash string ({e})")))?;
         if parsed.algorithm.as_str() != "argon2id" {
@@ -179,12 +183,13 @@ pub fn parse(path: &str, text: &str) -> Result<Table, AccountsError> {
             name: name.to_string(),
             hash: hash.to_string(),
         };
-        if let Some(first) = table.insert(fold(name), account) {
+        if let Some(first) = table.insert(name_key(name), account) {
             return Err(bad(if first.name == name {
                 format!("'{name}' is listed twice")
             } else {
                 format!(
-                    "'{name}' and '{}' are one name (names that differ only in case are the same name)",
+                    "'{name}' and '{}' are one name (names that differ only in case, or \
+                     only look alike, are the same name)",
                     first.name
                 )
             }));
@@ -248,15 +253,23 @@ impl Accounts {
         Ok(n)
     }
 
-    /// Whether `name` is registered, in any capitals.
+    /// Whether `name` is registered, in any capitals or as a look-alike.
     pub fn is_registered(&self, name: &str) -> bool {
-        self.read().contains_key(&fold(name))
+        self.lookup(name).is_some()
     }
 
     /// `name` as the accounts file spells it, if it is registered in any
-    /// capitals: `ALICE` is `alice` when the file says `alice`.
+    /// capitals or as a look-alike: `ALICE` is `alice` when the file says
+    /// `alice`, and `adrnin` is `admin`.
     pub fn registered_name(&self, name: &str) -> Option<String> {
-        self.read().get(&fold(name)).map(|a| a.name.clone())
+        self.lookup(name).map(|a| a.name)
+    }
+
+    /// `name`'s account, found by its [`name_key`] (a name too long to be
+    /// anyone's is not keyed at all, see [`lookup_key`]).
+    fn lookup(&self, name: &str) -> Option<Account> {
+        let key = lookup_key(name)?;
+        self.read().get(&key).cloned()
     }
 
     /// Failed logins since the start (for `imd_failed_logins_total`).
@@ -286,12 +299,9 @@ impl Accounts {
                     tracing::debug!(%ip, ?wait, "login held back after failures");
                     tokio::time::sleep(wait).await;
                 }
-                let hash = self
-                    .read()
-                    .get(&fold(name))
-                    .map(|a| a.hash.clone())
-                    .unwrap_or_else(|| self.dummy.clone());
-                let registered = self.is_registered(name);
+                let account = self.lookup(name);
+                let registered = account.is_some();
+                let hash = account.map_or_else(|| self.dummy.clone(), |a| a.hash);
                 let matches = self.check(hash, password.to_owned()).await;
                 matches && registered
             }
@@ -333,12 +343,15 @@ impl Accounts {
     }
 }
 
-/// A [`Table`] from NAME → hash pairs (names assumed distinct after
-/// folding; a later one replaces an earlier).
+/// A [`Table`] from NAME → hash pairs (names in NFC form as in a file,
+/// assumed distinct by [`name_key`]; a later one replaces an earlier).
 fn table_of(pairs: HashMap<String, String>) -> Table {
     pairs
         .into_iter()
-        .map(|(name, hash)| (fold(&name), Account { name, hash }))
+        .map(|(name, hash)| {
+            let name = nfc(&name).into_owned();
+            (name_key(&name), Account { name, hash })
+        })
         .collect()
 }
 
@@ -417,7 +430,44 @@ mod tests {
         let t = parse("f", &format!("Alice:{h}\n")).unwrap();
         assert_eq!(
             t["alice"].name, "Alice",
-            "keyed by the fold, spelled as in the file"
+            "keyed by the name_key, spelled as in the file"
+        );
+    }
+
+    /// Two names that only look alike are one name too: `admin` and
+    /// `adrnin` (or the Cyrillic `аlice` and `alice`) in one file are
+    /// refused, naming both; a name written decomposed (`e` + U+0301) is
+    /// held composed, and its composed twin is the same name.
+    #[test]
+    fn look_alike_names_are_listed_twice_and_names_are_composed() {
+        let h = hash_password("pw");
+        let err = parse("f", &format!("admin:{h}\nadrnin:{h}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f:2: 'adrnin' and 'admin' are one name")
+                && err.contains("only look alike"),
+            "{err}"
+        );
+        let err = parse("f", &format!("\u{430}lice:{h}\nbob:{h}\nalice:{h}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f:3: 'alice' and '\u{430}lice' are one name"),
+            "{err}"
+        );
+        let t = parse("f", &format!("e\u{301}lodie:{h}\n")).unwrap();
+        assert_eq!(t.values().next().unwrap().name, "\u{e9}lodie");
+        let err = parse("f", &format!("e\u{301}lodie:{h}\n\u{e9}lodie:{h}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'\u{e9}lodie' is listed twice"), "{err}");
+        let err = parse("f", &format!("127.0.0.1\u{2d0}5555:{h}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f:1: invalid name: a name cannot contain"),
+            "{err}"
         );
     }
 
@@ -432,6 +482,24 @@ mod tests {
         assert_eq!(a.registered_name("bob"), None);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(a.verify(ip, "ALICE", "secret").await, Verdict::Accepted);
+    }
+
+    /// A registered name is found by its look-alikes too (`adrnin` for
+    /// `admin`), reported as the file spells it, and its password checks
+    /// under them; a name that looks different is not found.
+    #[tokio::test]
+    async fn a_registered_name_is_found_by_its_look_alikes() {
+        let a = Accounts::from_table(table(&[("admin", "secret")]));
+        for alike in ["adrnin", "ADRNIN", "\u{430}dmin", "\u{430}drnin"] {
+            assert_eq!(
+                a.registered_name(alike).as_deref(),
+                Some("admin"),
+                "{alike}"
+            );
+        }
+        assert!(!a.is_registered("admins") && !a.is_registered("adnin"));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(a.verify(ip, "adrnin", "secret").await, Verdict::Accepted);
     }
 
     /// The right password is accepted, a wrong one and an unknown name

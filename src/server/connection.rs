@@ -54,7 +54,7 @@ use super::line_rate::LineRate;
 use super::metrics::Opened;
 use super::outbox::PeerSocket;
 use crate::protocol::codec::{Frame, FrameError, LineCodec};
-use crate::protocol::{encode_public, visible, Command, ErrorCode, LeaveReason, ServerLine};
+use crate::protocol::{encode_public, nfc, visible, Command, ErrorCode, LeaveReason, ServerLine};
 
 /// Read buffer space reserved while a connection is quiet. Idle connections
 /// are most of a big server, so each holds only this much; a client that
@@ -445,25 +445,31 @@ impl Connection {
 
     async fn rename(&mut self, new: &str) {
         match self.hub.rename(&self.user, new).await {
-            Ok(()) => {
+            Ok(held) => {
                 let now = self.user.name();
                 if self.name != now {
-                    tracing::info!(old = self.name, new, "renamed");
+                    tracing::info!(old = self.name, new = held, "renamed");
                     self.name = now;
                 }
-                self.reply(ServerLine::Renamed { name: new.into() });
+                // As held: composed (NFC), whatever form was typed.
+                self.reply(ServerLine::Renamed { name: held });
             }
-            Err(RenameError::Registered) => self.reply(ServerLine::error(
+            // The accounts file's spelling: `rename|ADMIN` or the
+            // look-alike `rename|adrnin` is told to log in as `admin`.
+            Err(RenameError::Registered(name)) => self.reply(ServerLine::error(
                 ErrorCode::NameRegistered,
-                format!("use login|{new}|PASSWORD"),
+                format!("use login|{name}|PASSWORD"),
             )),
             Err(RenameError::Invalid(e)) => self.reply(ServerLine::error(
                 ErrorCode::BadName,
                 format!("invalid name '{}': {e}", visible(new)),
             )),
-            Err(RenameError::Taken) => self.reply(ServerLine::error(
+            Err(RenameError::Taken(holder)) => self.reply(ServerLine::error(
                 ErrorCode::NameTaken,
-                format!("name '{new}' is taken"),
+                match other_spelling(holder.as_deref(), new) {
+                    Some(holder) => format!("name {} is taken by {holder}", quoted(new)),
+                    None => format!("name {} is taken", quoted(new)),
+                },
             )),
         }
     }
@@ -507,13 +513,35 @@ impl Connection {
                 ErrorCode::AuthFailed,
                 "wrong name or password",
             )),
-            Err(LoginError::Taken) => self.reply(ServerLine::error(
+            Err(LoginError::Taken(holder)) => self.reply(ServerLine::error(
                 ErrorCode::NameTaken,
-                format!("name '{name}' is in use by a session that logged in (or on another node)"),
+                format!(
+                    "name {} is in use{} by a session that logged in (or on another node)",
+                    quoted(name),
+                    match other_spelling(holder.as_deref(), name) {
+                        Some(holder) => format!(" as {holder}"),
+                        None => String::new(),
+                    }
+                ),
             )),
         }
         None
     }
+}
+
+/// A name a user typed, for an error reply: in quotes, composed (NFC) as
+/// the server compares it, and [visible](crate::protocol::visible).
+fn quoted(typed: &str) -> String {
+    format!("'{}'", visible(&nfc(typed)))
+}
+
+/// The holder of a taken name, for the error, when it spells the name
+/// otherwise than `typed` (`rename|ALICE` while `alice` is online, or the
+/// look-alike `rename|аlice`): without it the user could not tell who has
+/// it. None when the server does not know the holder (a claim on another
+/// node that it has not listed yet) or the spelling is the one typed.
+fn other_spelling<'a>(holder: Option<&'a str>, typed: &str) -> Option<&'a str> {
+    holder.filter(|&h| h != nfc(typed))
 }
 
 #[cfg(test)]

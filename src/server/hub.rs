@@ -24,12 +24,13 @@
 //! sent, and a join, rename or leave is atomic with respect to every
 //! message. Cluster calls (Redis round trips) happen outside it.
 //!
-//! # Names in any capitals are one name
+//! # Names in other capitals, or that only look alike, are one name
 //!
-//! The table is keyed by each name's [`fold`] (its lowercase), so `Alice`
-//! and `alice` cannot both be online, and a whisper to `ALICE` finds
+//! The table is keyed by each name's [`name_key`] (its lowercase
+//! confusable skeleton), so `Alice` and `alice`, or `alice` and `аlice`
+//! (Cyrillic `а`), cannot both be online, and a whisper to `ALICE` finds
 //! `alice`. Each [`User`] keeps the spelling it chose: that is what
-//! everyone sees.
+//! everyone sees, and what an error about a taken name quotes.
 //!
 //! (Over 400 lines: about 220 of them are unit tests of each operation.)
 
@@ -45,7 +46,7 @@ use super::cluster::{Cluster, LocalNode};
 use super::metrics::{ClusterStatus, Metrics, Source};
 use super::outbox::{count_lines, outbox, Budget, Drain, Outbox};
 use super::Config;
-use crate::protocol::{fold, validate_name, LeaveReason, NameError, ServerLine};
+use crate::protocol::{chosen_name, lookup_key, name_key, nfc, LeaveReason, NameError, ServerLine};
 
 /// An online user as the hub sees it: where to send its lines.
 #[derive(Debug)]
@@ -70,6 +71,10 @@ pub struct User {
 #[derive(Debug, Default)]
 struct Held {
     name: String,
+    /// `name`'s [`name_key`], under which the hub's table holds the user:
+    /// computed once per name, before the hub's lock is taken, since a
+    /// skeleton costs more than a table lookup.
+    key: String,
     /// Whether `name` was taken by `login` (and so cannot be taken back).
     logged_in: bool,
 }
@@ -95,10 +100,17 @@ impl User {
         self.displaced.swap(false, Ordering::AcqRel)
     }
 
-    fn set_name(&self, name: &str, logged_in: bool) {
+    /// The [`name_key`] of the user's name now.
+    fn key(&self) -> String {
+        self.held().key.clone()
+    }
+
+    /// `key` is `name`'s [`name_key`].
+    fn set_name(&self, name: &str, key: String, logged_in: bool) {
         let mut h = self.held();
         h.name.clear();
         h.name.push_str(name);
+        h.key = key;
         h.logged_in = logged_in;
     }
 }
@@ -108,21 +120,25 @@ impl User {
 pub enum RenameError {
     /// The name breaks the name rules.
     Invalid(NameError),
-    /// Someone else has it (on this node or, in a cluster, another one).
-    Taken,
-    /// It is a registered name (`imd --accounts`): only `login` takes it.
-    Registered,
+    /// Someone else has it (on this node or, in a cluster, another one),
+    /// perhaps in other capitals or in letters that only look alike: the
+    /// holder's spelling, when this node knows it.
+    Taken(Option<String>),
+    /// It is a registered name (`imd --accounts`), or looks like one: only
+    /// `login` takes it. The accounts file's spelling.
+    Registered(String),
 }
 
 /// Why a login did not happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginError {
     /// Wrong password, a name that is not registered, or no accounts on
     /// this server: deliberately one answer.
     AuthFailed,
     /// Another session logged in as this name holds it (or, in a cluster,
-    /// anyone on another node does).
-    Taken,
+    /// anyone on another node does): the holder's spelling, when this node
+    /// knows it.
+    Taken(Option<String>),
 }
 
 /// A whisper that was delivered.
@@ -143,7 +159,9 @@ pub struct NoSuchUser;
 /// Everyone online on this node, the limits, and the cluster link.
 #[derive(Debug)]
 pub struct Hub {
-    /// Everyone online here, by the [`fold`] of its name.
+    /// Everyone online here, by the [`name_key`] of its name (computed per
+    /// command that names someone, outside this lock, never per delivered
+    /// line).
     users: Mutex<HashMap<String, Arc<User>>>,
     next_id: AtomicU64,
     /// The server's limits (every connection reads them from here).
@@ -260,13 +278,14 @@ impl Hub {
     pub async fn join(&self, name: &str, user: &Arc<User>) {
         let notice = ServerLine::Joined { name: name.into() };
         let bytes = notice.to_bytes();
+        let key = name_key(name);
         {
             let mut users = self.lock();
-            user.set_name(name, false);
+            user.set_name(name, key.clone(), false);
             if self.presence_on(users.len() + 1) {
                 fan_out(users.values(), &bytes, None);
             }
-            if let Some(old) = users.insert(fold(name), user.clone()) {
+            if let Some(old) = users.insert(key, user.clone()) {
                 // Two live connections never share an address; if the OS
                 // reused one before we saw the old connection end, the old
                 // one goes.
@@ -301,7 +320,7 @@ impl Hub {
         .to_bytes();
         {
             let mut users = self.lock();
-            let key = fold(name);
+            let key = user.key();
             if users.get(&key).is_some_and(|u| u.id == user.id) {
                 users.remove(&key);
                 if reason != LeaveReason::Shutdown && self.presence_on(users.len() + 1) {
@@ -359,18 +378,21 @@ impl Hub {
     }
 
     /// Delivers the whisper `text` (already [visible](crate::protocol::visible))
-    /// from `sender` to `to` (in any capitals), here or on another node.
+    /// from `sender` to `to` (in any capitals, or a look-alike of the name:
+    /// by its [`name_key`]), here or on another node.
     pub async fn whisper(
         &self,
         sender: &User,
         to: &str,
         text: &str,
     ) -> Result<Whispered, NoSuchUser> {
+        // Too long to be anyone's name: nobody, here or elsewhere.
+        let key = lookup_key(to).ok_or(NoSuchUser)?;
         let from = {
             let users = self.lock();
             // Read under the lock: never a name a login just took away.
             let from = sender.name();
-            if let Some(target) = users.get(&fold(to)) {
+            if let Some(target) = users.get(&key) {
                 target.outbox.push(private_line(&from, text));
                 return Ok(Whispered {
                     to: target.name(),
@@ -398,58 +420,69 @@ impl Hub {
     /// a registered name is refused (only [`Hub::login`] takes it), and
     /// renaming away from a name taken by login gives it up.
     ///
-    /// Names that differ only in case are one name ([`fold`]): renaming to
-    /// another spelling of one's own name keeps holding it (and a login
-    /// with it) under the new spelling, and everyone is told as for any
-    /// rename; another spelling of someone else's name is taken.
-    pub async fn rename(&self, user: &Arc<User>, new: &str) -> Result<(), RenameError> {
-        validate_name(new).map_err(RenameError::Invalid)?;
+    /// Names are one name when their [`name_key`]s are equal (in other
+    /// capitals, or only looking alike): renaming to another spelling of
+    /// one's own name keeps holding it (and a login with it) under the new
+    /// spelling, and everyone is told as for any rename; another spelling
+    /// of someone else's name is taken, and the error says whose.
+    ///
+    /// `typed` is taken in NFC form ([`chosen_name`]); returns the name
+    /// now held, as everyone sees it.
+    pub async fn rename(&self, user: &Arc<User>, typed: &str) -> Result<String, RenameError> {
+        let new = chosen_name(typed).map_err(RenameError::Invalid)?;
+        let new = new.as_ref();
         let before = user.name();
         if before == new {
-            return Ok(());
+            return Ok(before);
         }
-        let key = fold(new);
-        let respell = fold(&before) == key;
+        let key = name_key(new);
+        let respell = user.key() == key;
         let owner_respells = respell && user.logged_in();
-        if !owner_respells && self.accounts().is_some_and(|a| a.is_registered(new)) {
-            return Err(RenameError::Registered);
+        if !owner_respells {
+            if let Some(registered) = self.accounts().and_then(|a| a.registered_name(new)) {
+                return Err(RenameError::Registered(registered));
+            }
         }
         // In a cluster the name is first claimed atomically in Redis; a
         // new spelling of one's own name is already claimed by this node.
         if let Some(c) = &self.cluster {
             if !respell && !Box::pin(c.claim(new)).await {
-                return Err(RenameError::Taken);
+                return Err(RenameError::Taken(Box::pin(c.spelling(new)).await));
             }
         }
         let renamed = {
             let mut users = self.lock();
             // A respelling needs the user to still hold the name (a login
             // may have taken it back meanwhile); anything else a free name.
-            let ok = match users.get(&key) {
-                Some(holder) => respell && holder.id == user.id,
-                None => !respell,
-            };
-            ok.then(|| {
-                let logged_in = respell && user.logged_in();
-                self.move_user(&mut users, user, new, logged_in)
-            })
-        };
-        let Some((old, notice)) = renamed else {
-            if let Some(c) = &self.cluster {
-                if !respell {
-                    Box::pin(c.release(new)).await;
+            match users.get(&key) {
+                Some(holder) if !(respell && holder.id == user.id) => Err(Some(holder.name())),
+                None if respell => Err(None),
+                _ => {
+                    let logged_in = respell && user.logged_in();
+                    Ok(self.move_user(&mut users, user, new, key, logged_in))
                 }
             }
-            return Err(RenameError::Taken);
+        };
+        let (old, notice) = match renamed {
+            Ok(moved) => moved,
+            Err(holder) => {
+                if let Some(c) = &self.cluster {
+                    if !respell {
+                        Box::pin(c.release(new)).await;
+                    }
+                }
+                return Err(RenameError::Taken(holder));
+            }
         };
         if let Some(c) = &self.cluster {
             Box::pin(cluster_moved(c, &old, new)).await;
             c.publish_notice(&notice);
         }
-        Ok(())
+        Ok(new.to_string())
     }
 
-    /// Logs `user` in as the registered `name` (in any capitals) if
+    /// Logs `user` in as the registered `name` (in any capitals, or a
+    /// look-alike: by its [`name_key`]) if
     /// `password` is its password, under the accounts file's spelling of
     /// it, which it returns. Whoever holds `name` here without having logged in is
     /// renamed to its address and told why; a holder that logged in, or
@@ -487,10 +520,11 @@ impl Hub {
         if Box::pin(accounts.verify(user.addr.ip(), name, password)).await != Verdict::Accepted {
             return Err(LoginError::AuthFailed);
         }
-        // A reload may have dropped it since the check: the typed one then.
+        // A reload may have dropped it since the check: the typed one then,
+        // composed as a chosen name would be.
         Ok(accounts
             .registered_name(name)
-            .unwrap_or_else(|| name.to_string()))
+            .unwrap_or_else(|| nfc(name).into_owned()))
     }
 
     /// The second half of [`Hub::login`], once [`Hub::check_login`] said
@@ -500,20 +534,24 @@ impl Hub {
         // In a cluster, a name nobody here holds is claimed first; a
         // holder on another node keeps it (each node checks only its own
         // users' logins, so it cannot take a name back from another node).
-        let here = self.lock().contains_key(&fold(name));
+        let key = name_key(name);
+        let here = self.lock().contains_key(&key);
         if let Some(c) = &self.cluster {
             if !here && !Box::pin(c.claim(name)).await {
-                return Err(LoginError::Taken);
+                return Err(LoginError::Taken(Box::pin(c.spelling(name)).await));
             }
         }
-        let outcome = self.take_name(user, name);
-        let Ok((old, displaced)) = outcome else {
-            if let Some(c) = &self.cluster {
-                if !here {
-                    Box::pin(c.release(name)).await;
+        let outcome = self.take_name(user, name, key);
+        let (old, displaced) = match outcome {
+            Ok(taken) => taken,
+            Err(holder) => {
+                if let Some(c) = &self.cluster {
+                    if !here {
+                        Box::pin(c.release(name)).await;
+                    }
                 }
+                return Err(LoginError::Taken(Some(holder)));
             }
-            return Err(LoginError::Taken);
         };
         if let Some(c) = &self.cluster {
             if here {
@@ -536,33 +574,39 @@ impl Hub {
 
     /// The local part of a login whose password was right: under the
     /// lock, moves a holder that did not log in to its address, then
-    /// `user` to `name`. Returns the user's old name and the displaced
+    /// `user` to `name` (whose [`name_key`] is `key`). Returns the user's
+    /// old name and the displaced
     /// user's new one, each with the notice sent for it (`None`s when
-    /// nothing changed), or `Err` when a logged-in session holds `name`.
+    /// nothing changed), or `Err` with its spelling when a logged-in
+    /// session holds `name`.
     #[allow(clippy::type_complexity)]
     fn take_name(
         &self,
         user: &Arc<User>,
         name: &str,
-    ) -> Result<(Option<(String, Bytes)>, Option<(String, Bytes)>), ()> {
+        key: String,
+    ) -> Result<(Option<(String, Bytes)>, Option<(String, Bytes)>), String> {
         let mut users = self.lock();
         let mut displaced = None;
-        if let Some(holder) = users.get(&fold(name)).cloned() {
+        if let Some(holder) = users.get(&key).cloned() {
             if holder.id == user.id {
                 if user.name() == name {
-                    user.set_name(name, true);
+                    user.set_name(name, key, true);
                     return Ok((None, None));
                 }
-                // Held under other capitals: now under the registered
-                // spelling, and everyone sees the change.
-                let moved = self.move_user(&mut users, user, name, true);
+                // Held under other capitals or a look-alike: now under the
+                // registered spelling, and everyone sees the change.
+                let moved = self.move_user(&mut users, user, name, key, true);
                 return Ok((Some(moved), None));
             }
             if holder.logged_in() {
-                return Err(());
+                return Err(holder.name());
             }
             let addr = holder.addr.to_string();
-            let (_, notice) = self.move_user(&mut users, &holder, &addr, false);
+            // Known only now, so keyed under the lock (a short ASCII
+            // address: microseconds).
+            let addr_key = name_key(&addr);
+            let (_, notice) = self.move_user(&mut users, &holder, &addr, addr_key, false);
             holder.displaced.store(true, Ordering::Release);
             holder.outbox.push(
                 ServerLine::TakenBack {
@@ -574,24 +618,25 @@ impl Hub {
             tracing::info!(name, now = addr, "name taken back by its registered owner");
             displaced = Some((addr, notice));
         }
-        let moved = self.move_user(&mut users, user, name, true);
+        let moved = self.move_user(&mut users, user, name, key, true);
         Ok((Some(moved), displaced))
     }
 
-    /// Under the lock: moves `user` from its name to the free `new`
-    /// (`logged_in`: by login) and tells everyone else here. Returns the
-    /// old name and the notice, for the other nodes.
+    /// Under the lock: moves `user` from its name to the free `new`, whose
+    /// [`name_key`] is `key` (`logged_in`: by login), and tells everyone
+    /// else here. Returns the old name and the notice, for the other nodes.
     fn move_user(
         &self,
         users: &mut HashMap<String, Arc<User>>,
         user: &Arc<User>,
         new: &str,
+        key: String,
         logged_in: bool,
     ) -> (String, Bytes) {
         let old = user.name();
-        users.remove(&fold(&old));
-        users.insert(fold(new), user.clone());
-        user.set_name(new, logged_in);
+        users.remove(&user.key());
+        users.insert(key.clone(), user.clone());
+        user.set_name(new, key, logged_in);
         let notice = ServerLine::NameChanged {
             old: old.clone(),
             new: new.into(),
@@ -632,7 +677,10 @@ impl LocalNode for Hub {
     }
 
     fn private(&self, to: &str, from: &str, text: &str) -> bool {
-        match self.lock().get(&fold(to)) {
+        let Some(key) = lookup_key(to) else {
+            return false;
+        };
+        match self.lock().get(&key) {
             Some(target) => target.outbox.push(private_line(from, text)),
             None => false,
         }
@@ -673,7 +721,7 @@ impl Source for Hub {
 /// instead of `old`, and `old`'s claim is given up unless `new` is another
 /// spelling of it (one name, so the claim is `new`'s too).
 async fn cluster_moved(c: &Cluster, old: &str, new: &str) {
-    if fold(old) != fold(new) {
+    if name_key(old) != name_key(new) {
         Box::pin(c.remove_user(old)).await;
     }
     Box::pin(c.add_user(new)).await;
@@ -845,7 +893,7 @@ mod tests {
         /// before a fence whispered to it now.
         async fn lines(&mut self, hub: &Hub) -> Vec<String> {
             let (fence, _drain) = hub.new_user(addr(9));
-            fence.set_name("fence", false);
+            fence.set_name("fence", name_key("fence"), false);
             hub.whisper(&fence, &self.name, "end").await.unwrap();
             let mut got = Vec::new();
             loop {
@@ -994,11 +1042,14 @@ mod tests {
             hub.rename(&b.user, "x|y").await,
             Err(RenameError::Invalid(_))
         ));
-        assert_eq!(hub.rename(&b.user, "a").await, Err(RenameError::Taken));
-        assert_eq!(hub.rename(&b.user, "b").await, Ok(()));
+        assert_eq!(
+            hub.rename(&b.user, "a").await,
+            Err(RenameError::Taken(Some("a".into())))
+        );
+        assert_eq!(hub.rename(&b.user, "b").await, Ok("b".into()));
         assert_eq!(hub.who().await, ["a", "b"]);
         assert_eq!(a.lines(&hub).await, Vec::<String>::new());
-        assert_eq!(hub.rename(&b.user, "0bob").await, Ok(()));
+        assert_eq!(hub.rename(&b.user, "0bob").await, Ok("0bob".into()));
         b.name = "0bob".into();
         assert_eq!(hub.who().await, ["0bob", "a"], "sorted");
         assert_eq!(a.lines(&hub).await, ["*** b is now known as 0bob"]);
@@ -1016,12 +1067,15 @@ mod tests {
         let mut a = join(&hub, "alice", 1).await;
         let mut b = join(&hub, "b", 2).await;
         assert_eq!(a.lines(&hub).await, ["*** b is online"]);
-        assert_eq!(hub.rename(&b.user, "ALICE").await, Err(RenameError::Taken));
+        assert_eq!(
+            hub.rename(&b.user, "ALICE").await,
+            Err(RenameError::Taken(Some("alice".into())))
+        );
         let sent = hub.whisper(&b.user, "ALICE", "psst").await.unwrap();
         assert_eq!(sent.to, "alice");
         assert!(hub.private("Alice", "x", "from afar"));
         assert_eq!(a.lines(&hub).await, ["*b* psst", "*x* from afar"]);
-        assert_eq!(hub.rename(&a.user, "Alice").await, Ok(()));
+        assert_eq!(hub.rename(&a.user, "Alice").await, Ok("Alice".into()));
         a.name = "Alice".into();
         assert_eq!(b.lines(&hub).await, ["*** alice is now known as Alice"]);
         assert_eq!(a.lines(&hub).await, Vec::<String>::new(), "the renamer");
@@ -1035,7 +1089,75 @@ mod tests {
         hub.leave(&a.user, LeaveReason::Quit).await;
         assert_eq!(b.lines(&hub).await, ["*** Alice is offline (quit)"]);
         assert_eq!(hub.who().await, ["b"]);
-        assert_eq!(hub.rename(&b.user, "alice").await, Ok(()), "free again");
+        assert_eq!(
+            hub.rename(&b.user, "alice").await,
+            Ok("alice".into()),
+            "free again"
+        );
+    }
+
+    /// Names that only look alike are one name too: the look-alike of an
+    /// online name is taken (the error names the holder's spelling), a
+    /// whisper to it reaches the holder, the holder may switch to it, and
+    /// a name typed decomposed is held composed.
+    #[tokio::test]
+    async fn look_alike_names_are_one_name() {
+        let hub = hub_with(100, 1 << 20);
+        let mut a = join(&hub, "alice", 1).await;
+        let mut b = join(&hub, "b", 2).await;
+        assert_eq!(a.lines(&hub).await, ["*** b is online"]);
+        let cyrillic = "\u{430}lice";
+        for squat in [cyrillic, "a1ice", "\u{391}LICE"] {
+            assert_eq!(
+                hub.rename(&b.user, squat).await,
+                Err(RenameError::Taken(Some("alice".into()))),
+                "{squat}"
+            );
+        }
+        let sent = hub.whisper(&b.user, cyrillic, "psst").await.unwrap();
+        assert_eq!(sent.to, "alice");
+        assert!(hub.private("a1ice", "x", "from afar"));
+        assert_eq!(a.lines(&hub).await, ["*b* psst", "*x* from afar"]);
+        assert_eq!(hub.rename(&a.user, cyrillic).await, Ok(cyrillic.into()));
+        a.name = cyrillic.into();
+        assert_eq!(
+            b.lines(&hub).await,
+            [format!("*** alice is now known as {cyrillic}")]
+        );
+        assert_eq!(
+            hub.rename(&b.user, "e\u{301}lodie").await,
+            Ok("\u{e9}lodie".into())
+        );
+        assert_eq!(b.user.name(), "\u{e9}lodie");
+        assert_eq!(hub.who().await, ["\u{e9}lodie", cyrillic]);
+        assert_eq!(
+            hub.rename(&a.user, "E\u{301}LODIE").await,
+            Err(RenameError::Taken(Some("\u{e9}lodie".into())))
+        );
+    }
+
+    /// A whisper's NAME is keyed only up to 64 characters (the longest
+    /// name anyone can hold is 58): `alice` padded with invisible fillers,
+    /// which key to nothing, reaches her at 64 characters and nobody at
+    /// 65, here or from another node.
+    #[tokio::test]
+    async fn whispers_to_overlong_names_reach_nobody() {
+        let hub = hub_with(100, 1 << 20);
+        let mut a = join(&hub, "alice", 1).await;
+        let b = join(&hub, "b", 2).await;
+        assert_eq!(a.lines(&hub).await, ["*** b is online"]);
+        let padded = |n: usize| format!("alice{}", "\u{3164}".repeat(n - 5));
+        assert_eq!(
+            hub.whisper(&b.user, &padded(64), "in").await.unwrap().to,
+            "alice"
+        );
+        assert!(hub.private(&padded(64), "x", "in too"));
+        assert_eq!(
+            hub.whisper(&b.user, &padded(65), "out").await.unwrap_err(),
+            NoSuchUser
+        );
+        assert!(!hub.private(&padded(65), "x", "out too"));
+        assert_eq!(a.lines(&hub).await, ["*b* in", "*x* in too"]);
     }
 
     /// What the cluster hands this node: public lines for everyone, notices

@@ -619,11 +619,11 @@ pub fn assert_one_rename_winner(clients: &mut [LineClient], name: &str) {
 }
 
 /// Has client i ask for `spellings[i]` (spellings of one name in other
-/// capitals, or the very same) at once, and asserts exactly one got it:
+/// capitals or look-alike letters, or the very same) at once, and asserts exactly one got it:
 /// one `ok rename`, the rest `error name-taken`, and `who` lists that
 /// winner's spelling and no other spelling of the name.
 pub fn assert_one_spelling_wins(clients: &mut [LineClient], spellings: &[String]) {
-    use imchat::protocol::fold;
+    use imchat::protocol::name_key;
     for (c, name) in clients.iter_mut().zip(spellings) {
         c.send_raw(format!("rename|{name}\n").as_bytes());
     }
@@ -637,8 +637,8 @@ pub fn assert_one_spelling_wins(clients: &mut [LineClient], spellings: &[String]
         .collect();
     assert_eq!(won.len(), 1, "renames to {spellings:?} that won: {won:?}");
     let names = clients[0].who();
-    let folded = fold(won[0]);
-    let listed: Vec<_> = names.iter().filter(|n| fold(n) == folded).collect();
+    let key = name_key(won[0]);
+    let listed: Vec<_> = names.iter().filter(|n| name_key(n) == key).collect();
     assert_eq!(listed, [won[0]], "{names:?}");
     assert_eq!(names.len(), clients.len(), "{names:?}");
 }
@@ -676,6 +676,20 @@ impl RedisServer {
 
     fn socket(&self) -> std::path::PathBuf {
         self.dir.path().join("redis.sock")
+    }
+
+    /// Runs one Redis command with `redis-cli` (Debian's redis-tools, which
+    /// redis-server needs) and returns its reply as redis-cli prints it:
+    /// for tests that set up or look at the cluster's keys directly.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-s")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed (Debian: redis-tools)");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
     }
 
     /// Kills the server (SIGKILL): to clients, Redis is gone.
@@ -740,6 +754,20 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Waits (bounded) for a line containing `needle` in a log from
+/// [`TestServer::start_binary_logged`], and returns it.
+pub fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?}: {e}"),
+        }
     }
 }
 

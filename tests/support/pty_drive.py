@@ -15,11 +15,15 @@ are terminals. Commands, one per stdin line; each answers "ok" on stdout:
     wait          wait (up to 10 s) for the program to exit; answers
                   "exit N"
     dump          print the whole output so far, escaped, on one line
+    echo?         whether the terminal echoes what is typed (its ECHO
+                  flag, also after the program exited): "echo on" or
+                  "echo off"
 """
 import os
 import pty
 import select
 import sys
+import termios
 import time
 
 pid, fd = pty.fork()
@@ -84,6 +88,9 @@ for cmd in sys.stdin:
         else:
             say("timeout waiting for exit")
             sys.exit(1)
+    elif cmd == "echo?":
+        on = termios.tcgetattr(fd)[3] & termios.ECHO
+        say("echo on" if on else "echo off")
     elif cmd == "dump":
         while pump(0.01):
             if not select.select([fd], [], [], 0)[0]:

@@ -31,10 +31,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{name_key, node_channel, ALL, LOCATE};
+use super::keys::{node_channel, ALL};
 use super::{lock, Cluster, LocalNode};
-use crate::protocol::{fold, ServerLine};
+use crate::protocol::ServerLine;
 
+/// The longest wait between tries to reach (or rejoin) the cluster.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Most publishes sent to Redis in one pipeline.
 const PIPELINE: usize = 256;
 /// Bytes of lines waiting to be published. Lines are small and Redis is
@@ -205,20 +207,14 @@ impl Cluster {
         }
     }
 
-    /// Sends a whisper to `to` (in any capitals) on whichever node has it.
+    /// Sends a whisper to `to` (in any capitals, or a look-alike) on
+    /// whichever node has it.
     /// If that node received it, returns the recipient's own spelling.
     pub async fn whisper(&self, from: &str, to: &str, text: &str) -> Option<String> {
         if !self.is_healthy() {
             return None;
         }
-        let mut c = self.conn();
-        let located: Option<(String, Option<String>)> = redis::Script::new(LOCATE)
-            .key(name_key(to))
-            .arg(fold(to))
-            .invoke_async(&mut c)
-            .await
-            .ok()?;
-        let (owner, spelling) = located.filter(|(o, _)| *o != self.node)?;
+        let (owner, spelling) = self.locate(to).await.filter(|(o, _)| *o != self.node)?;
         let ev = WhisperEvent {
             node: Cow::Borrowed(&self.node),
             to: to.into(),
@@ -330,15 +326,20 @@ impl Cluster {
             };
             match ps {
                 Ok(ps) => {
-                    backoff = Duration::from_millis(100);
                     if first {
                         first = false;
                     } else if let Err(e) = self.repair(&*local).await {
-                        // The command connection is still reconnecting.
+                        // The command connection is still reconnecting, or
+                        // nodes of another version hold the cluster.
                         tracing::warn!("redis: repair failed: {e}; retrying in {backoff:?}");
-                        tokio::time::sleep(backoff).await;
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
+                    backoff = Duration::from_millis(100);
                     if !self.healthy.swap(true, Ordering::AcqRel) {
                         tracing::info!("redis: reconnected; cluster messages resumed");
                         tell_local(&*local, "cluster messages resumed");
@@ -365,7 +366,7 @@ impl Cluster {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

@@ -16,8 +16,8 @@
 //!   paused, reconnects with backoff, resubscribes, then repairs its
 //!   presence and says so.
 //! - `presence`: names claimed atomically across the cluster (by their
-//!   [`fold`](crate::protocol::fold), so `alice` and `Alice` are one
-//!   claim), who is on
+//!   [`name_key`](crate::protocol::name_key), so `alice`, `Alice` and the
+//!   look-alike `аlice` are one claim), who is on
 //!   each node, heartbeats, and reaping: a node killed without cleaning up
 //!   stops refreshing its `alive` key; the others notice within `ttl` +
 //!   `ttl/3`, and one of them frees its users' names, removes them from
@@ -49,8 +49,8 @@ pub trait LocalNode: Send + Sync + 'static {
     /// A presence notice (encoded), for every user here unless this node
     /// is over its presence limit.
     fn notice(&self, line: Bytes);
-    /// A whisper for local user `to` (in any capitals); false if `to` is
-    /// not here.
+    /// A whisper for local user `to` (by its name key: in any capitals, or
+    /// a look-alike); false if `to` is not here.
     fn private(&self, to: &str, from: &str, text: &str) -> bool;
     /// Everyone online here, as each spells its name, unsorted.
     fn names(&self) -> Vec<String>;
@@ -81,6 +81,16 @@ pub enum ClusterError {
     Url(String, redis::RedisError),
     #[error("cannot reach redis at {0}: {1}")]
     Unreachable(String, redis::RedisError),
+    /// Live nodes of another version hold the cluster (`keys::SCHEMA`).
+    #[error(
+        "the cluster at {url} runs imd nodes of another version (key schema {theirs}; this imd's is {ours}): \
+         every node of a cluster must run one version, so stop the running nodes before starting this one"
+    )]
+    OtherVersion {
+        url: String,
+        theirs: String,
+        ours: &'static str,
+    },
 }
 
 /// This node's membership of a cluster.
@@ -159,7 +169,17 @@ impl Cluster {
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let unreachable = |e| ClusterError::Unreachable(cluster.config.url.clone(), e);
-        cluster.register().await.map_err(unreachable)?;
+        if let Err(theirs) = cluster.register().await.map_err(unreachable)? {
+            return Err(ClusterError::OtherVersion {
+                url: cluster.config.url.clone(),
+                theirs: if theirs.is_empty() {
+                    "1".into()
+                } else {
+                    theirs
+                },
+                ours: keys::SCHEMA,
+            });
+        }
         let ps = cluster.subscribe().await.map_err(unreachable)?;
         *lock(&cluster.initial) = Some(ps);
         cluster.healthy.store(true, Ordering::Release);

@@ -2,8 +2,8 @@
 //! users of each node, and reaping nodes that died without leaving.
 //!
 //! ```text
-//! SET  imchat:name:<FOLDED> <node> NX   a name claim: unique across the cluster (atomic)
-//! HSET imchat:who:<node> FOLDED NAME    who is on each node (for `who`), as spelled
+//! SET  imchat:name:<KEY> <node> NX      a name claim: unique across the cluster (atomic)
+//! HSET imchat:who:<node> KEY NAME       who is on each node (for `who`), as spelled
 //! SET  imchat:alive:<node> 1 EX <ttl>   liveness, refreshed every ttl/3
 //! SADD imchat:nodes <node>              every node that may need reaping
 //! ```
@@ -16,27 +16,30 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{alive_key, name_key, reap_key, release_claim, users_key, NODES, WHO};
+use super::keys::{
+    alive_key, claim_key, reap_key, release_claim, users_key, JOIN, LOCATE, NODES, SCHEMA,
+    SCHEMA_KEY, WHO,
+};
 use super::{Cluster, LocalNode};
-use crate::protocol::{fold, LeaveReason, ServerLine};
+use crate::protocol::{name_key, LeaveReason, ServerLine};
 
 impl Cluster {
-    /// Marks this node alive and a member.
-    pub(super) async fn register(&self) -> redis::RedisResult<()> {
+    /// Marks this node alive and a member, if the cluster runs this
+    /// node's key [`SCHEMA`] (or no node is alive): see [`JOIN`]. Otherwise
+    /// `Ok(Err(theirs))`, the running nodes' schema (`""` for nodes from
+    /// before schemas were checked), and nothing is changed.
+    pub(super) async fn register(&self) -> redis::RedisResult<Result<(), String>> {
         let mut c = self.conn();
-        redis::pipe()
-            .cmd("SET")
-            .arg(alive_key(&self.node))
-            .arg(1)
-            .arg("EX")
-            .arg(self.config.ttl.as_secs().max(1))
-            .ignore()
-            .cmd("SADD")
-            .arg(NODES)
+        let (joined, theirs): (i64, String) = redis::Script::new(JOIN)
+            .key(SCHEMA_KEY)
+            .key(NODES)
+            .key(alive_key(&self.node))
+            .arg(SCHEMA)
             .arg(&self.node)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await
+            .arg(self.config.ttl.as_secs().max(1))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(if joined == 1 { Ok(()) } else { Err(theirs) })
     }
 
     /// Claims `name` across the cluster. False if someone has it.
@@ -48,7 +51,7 @@ impl Cluster {
         }
         let mut c = self.conn();
         let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
-            .arg(name_key(name))
+            .arg(claim_key(name))
             .arg(&self.node)
             .arg("NX")
             .query_async(&mut c)
@@ -71,18 +74,40 @@ impl Cluster {
         }
     }
 
+    /// Which node holds `name` (by its key: in any capitals, or a
+    /// look-alike) and how its user spells it (`None` while that node has
+    /// not listed it yet), in one atomic step; `None` if nobody holds it or
+    /// Redis cannot say.
+    pub(super) async fn locate(&self, name: &str) -> Option<(String, Option<String>)> {
+        if !self.is_healthy() {
+            return None;
+        }
+        redis::Script::new(LOCATE)
+            .key(claim_key(name))
+            .arg(name_key(name))
+            .invoke_async(&mut self.conn())
+            .await
+            .ok()?
+    }
+
+    /// How the holder of `name` spells it, on whichever node: for the
+    /// error of a rename or login whose claim lost.
+    pub async fn spelling(&self, name: &str) -> Option<String> {
+        self.locate(name).await?.1
+    }
+
     /// Records that `name` is online here (after a successful claim), as
     /// spelled: another spelling of a name listed here replaces it.
     pub async fn add_user(&self, name: &str) {
         let mut cmd = redis::cmd("HSET");
-        cmd.arg(users_key(&self.node)).arg(fold(name)).arg(name);
+        cmd.arg(users_key(&self.node)).arg(name_key(name)).arg(name);
         self.users_cmd(cmd, name).await;
     }
 
     /// Gives up `name`: no longer claimed, no longer in `who`.
     pub async fn remove_user(&self, name: &str) {
         let mut cmd = redis::cmd("HDEL");
-        cmd.arg(users_key(&self.node)).arg(fold(name));
+        cmd.arg(users_key(&self.node)).arg(name_key(name));
         self.users_cmd(cmd, name).await;
         if self.is_healthy() {
             self.release(name).await;
@@ -117,7 +142,17 @@ impl Cluster {
     /// Re-registers this node and everything about its users: after a
     /// reconnect, Redis may have restarted empty, or reaped us.
     pub(super) async fn repair(&self, local: &dyn LocalNode) -> redis::RedisResult<()> {
-        self.register().await?;
+        if let Err(theirs) = self.register().await? {
+            // Every node was gone long enough for nodes of another version
+            // to take the cluster over. This node cannot share it: it stays
+            // paused, serving its own users, and the caller tries again
+            // with backoff, as for an unreachable Redis, until they leave.
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::ClientError,
+                "the cluster now runs imd nodes of another version",
+                format!("key schema {theirs:?}; this node's is {SCHEMA}"),
+            )));
+        }
         let names = local.names();
         let mut c = self.conn();
         let mut pipe = redis::pipe();
@@ -125,16 +160,16 @@ impl Cluster {
         for n in &names {
             pipe.cmd("HSET")
                 .arg(users_key(&self.node))
-                .arg(fold(n))
+                .arg(name_key(n))
                 .arg(n)
                 .ignore();
-            pipe.cmd("SET").arg(name_key(n)).arg(&self.node).arg("NX");
+            pipe.cmd("SET").arg(claim_key(n)).arg(&self.node).arg("NX");
         }
         let claims: Vec<Option<String>> = pipe.query_async(&mut c).await?;
         for (n, claimed) in names.iter().zip(claims) {
             if claimed.is_none() {
                 let owner: Option<String> = redis::cmd("GET")
-                    .arg(name_key(n))
+                    .arg(claim_key(n))
                     .query_async(&mut c)
                     .await?;
                 if owner.as_deref() != Some(self.node.as_str()) {

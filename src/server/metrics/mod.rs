@@ -7,7 +7,7 @@
 //!
 //! Nothing shared is touched per delivery. Each connection's writer counts
 //! the lines and bytes it wrote in its own outbox
-//! ([`Tally`](super::outbox::Tally)), per write and per batch taken from
+//! ([`Tally`]), per write and per batch taken from
 //! the queue, with a plain load and store; the reading side counts the
 //! lines it reads the same way, in the connection's own [`Opened`]. A
 //! scrape sums the counters of the open connections and adds those of the
