@@ -22,12 +22,20 @@ are terminals. Commands, one per stdin line; each answers "ok" on stdout:
 import os
 import pty
 import select
+import signal
 import sys
 import termios
 import time
 
 pid, fd = pty.fork()
 if pid == 0:
+    # The program starts as a shell starts a job in the foreground: the
+    # terminal's keys with their default actions. A suite started in the
+    # background by a script (`cargo test &`), which ignores SIGINT and
+    # SIGQUIT and passes that on through exec, would otherwise see Ctrl-C
+    # at imd's password prompt do nothing.
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
+        signal.signal(sig, signal.SIG_DFL)
     os.execv(sys.argv[1], sys.argv[1:])
 
 out = b""
