@@ -81,9 +81,10 @@ pub fn wait_for_socket(
 /// A port alone does not name a client's socket: /proc/net/tcp lists the
 /// whole machine, where sockets of earlier connections to an earlier server
 /// that had the same port linger in TIME_WAIT for a minute (a loaded suite,
-/// or a neighbour's, leaves thousands), and a client's own socket can be
-/// missed by one read of the table while others come and go. The socket's
-/// inode among the process's own descriptors names it exactly.
+/// or a neighbour's, leaves thousands). The socket's inode among the
+/// process's own descriptors names it exactly; and since the kernel reads
+/// the table out in pieces while sockets come and go, one read is not a
+/// snapshot, so this looks again until the socket shows.
 pub fn wait_for_process_socket(pid: u32, remote_port: u16, timeout: Duration) -> Option<TcpEntry> {
     let deadline = Instant::now() + timeout;
     loop {
