@@ -141,7 +141,11 @@ pub async fn run_with(
                     let (r, w) = stream.into_split();
                     serve_in_slot(r, w, addr, hub, stop, slot).await;
                 }
-                Some(tls) => super::tls::serve(tls, stream, addr, hub, stop, slot).await,
+                // Boxed: a task's future is as large as its largest
+                // branch, and the TLS one (the handshake, rustls's
+                // connection state) would otherwise cost every plaintext
+                // connection about 1 KB (BENCHMARKS.md target 4).
+                Some(tls) => Box::pin(super::tls::serve(tls, stream, addr, hub, stop, slot)).await,
             }
         });
     }
