@@ -209,7 +209,7 @@ impl Hub {
     }
 
     /// All users' queued output together.
-    pub fn budget(&self) -> &Budget {
+    pub fn budget(&self) -> &Arc<Budget> {
         &self.budget
     }
 

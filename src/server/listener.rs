@@ -23,6 +23,7 @@ use super::admission::Admission;
 use super::cluster::Cluster;
 use super::connection::serve_in_slot;
 use super::hub::Hub;
+use super::outbox::{Budget, STORM_BYTES};
 use super::Config;
 use crate::net::keep_alive;
 use crate::protocol::{ErrorCode, ServerLine};
@@ -78,7 +79,11 @@ pub async fn run_with(
     let hub = Hub::new(config, cluster);
     hub.start();
     let stop = CancellationToken::new();
-    tokio::spawn(give_back_memory(hub.clone(), stop.clone()));
+    tokio::spawn(give_back_memory(
+        hub.budget().clone(),
+        stop.clone(),
+        malloc_trim,
+    ));
     if let Some(metrics) = metrics {
         tokio::spawn(super::metrics::http::serve(
             metrics,
@@ -158,42 +163,57 @@ pub async fn run_with(
     hub.stop().await;
 }
 
-/// Queued output that counts as a storm worth giving memory back after.
-const STORM_BYTES: usize = 32 * 1024 * 1024;
-
 /// Gives memory back to the system after a storm of queued output (many
 /// users not reading): glibc's malloc keeps freed memory for reuse, so a
-/// storm that peaked at 205 MB left 139 MB behind. Every 250 ms this
-/// samples the queued total; once it has been over [`STORM_BYTES`] and has
-/// fallen to a quarter of its peak, `malloc_trim` returns the free pages.
-/// (mimalloc gave memory back by itself but cost 900 bytes more per idle
-/// connection, BENCHMARKS.md target 4.)
-async fn give_back_memory(hub: Arc<Hub>, stop: CancellationToken) {
-    let mut peak = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+/// storm that peaked at 205 MB left 139 MB behind. Once the queued total
+/// has passed [`STORM_BYTES`] ([`Budget::storm`]), this samples it every
+/// 250 ms; when it has fallen to a quarter of its peak, `trim` (glibc's
+/// `malloc_trim`) returns the free pages, and the watch goes back to sleep
+/// until the next storm. No timer runs while the server is quiet: an idle
+/// server is not woken four times a second, and a test that sleeps a day
+/// of paused time is not stepped through 345,600 ticks. (mimalloc gave
+/// memory back by itself but cost 900 bytes more per idle connection,
+/// BENCHMARKS.md target 4.)
+async fn give_back_memory(budget: Arc<Budget>, stop: CancellationToken, trim: fn()) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = budget.storm() => {}
         }
-        let used = hub.budget().used();
-        peak = peak.max(used);
-        if peak >= STORM_BYTES && used <= peak / 4 {
-            // Trimming a large heap walks it all: off the async workers,
-            // so that clients are not kept waiting meanwhile.
-            let _ = tokio::task::spawn_blocking(trim).await;
-            tracing::info!(
-                peak,
-                used,
-                "gave memory back after a storm of queued output"
-            );
-            peak = used;
+        let mut peak = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let used = budget.used();
+            peak = peak.max(used);
+            if peak < STORM_BYTES {
+                // Woken for a storm that had already passed (its notice
+                // kept while the last one was watched).
+                break;
+            }
+            if used <= peak / 4 {
+                // Trimming a large heap walks it all: off the async
+                // workers, so that clients are not kept waiting meanwhile.
+                let _ = tokio::task::spawn_blocking(trim).await;
+                tracing::info!(
+                    peak,
+                    used,
+                    "gave memory back after a storm of queued output"
+                );
+                if used < STORM_BYTES {
+                    break;
+                }
+                peak = used;
+            }
         }
     }
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() {
+fn malloc_trim() {
     // SAFETY: malloc_trim only releases free memory at the top of glibc's
     // heaps and in its free lists; it has no preconditions.
     unsafe {
@@ -202,7 +222,7 @@ fn trim() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
+fn malloc_trim() {}
 
 /// Tells a connection over the limit why it is refused and closes it at
 /// once, without a task or a timer: one non-blocking write of one short line
@@ -249,5 +269,59 @@ impl Refusals {
         tracing::warn!(%addr, refused = self.since_log, "refused: {code}: {why}");
         self.since_log = 0;
         self.last_log = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::server::outbox::outbox;
+
+    static TRIMS: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_trim() {
+        TRIMS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Memory is given back once a storm of queued output has passed (its
+    /// total fallen to a quarter of its peak), not while it lasts, and not
+    /// on a quiet server, however long it runs.
+    #[tokio::test(start_paused = true)]
+    async fn memory_is_given_back_after_a_storm_only() {
+        let budget = Budget::new(usize::MAX);
+        let stop = CancellationToken::new();
+        let watch = tokio::spawn(give_back_memory(budget.clone(), stop.clone(), count_trim));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(
+            TRIMS.load(Ordering::SeqCst),
+            0,
+            "quiet: nothing to give back"
+        );
+
+        // A reader that takes nothing: 40 MiB wait for it.
+        let (ob, drain) = outbox(1 << 30, Duration::from_secs(3600), budget.clone());
+        let mib = Bytes::from(vec![b'x'; 1 << 20]);
+        for _ in 0..40 {
+            assert!(ob.push(mib.clone()));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(TRIMS.load(Ordering::SeqCst), 0, "the storm lasts");
+
+        // It reads at last: the queue drains, and the memory goes back.
+        let writer = tokio::spawn(drain.write_to(tokio::io::sink()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(budget.used(), 0);
+        assert_eq!(TRIMS.load(Ordering::SeqCst), 1, "given back once");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(TRIMS.load(Ordering::SeqCst), 1, "and not again");
+
+        drop(ob);
+        let _ = writer.await;
+        stop.cancel();
+        watch.await.unwrap();
     }
 }

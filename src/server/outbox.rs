@@ -150,7 +150,13 @@ impl PeerSocket for tokio_test::io::Mock {}
 pub struct Budget {
     used: AtomicUsize,
     limit: usize,
+    /// Told each time the total passes [`STORM_BYTES`] upwards.
+    storm: Notify,
 }
+
+/// Queued output, all queues together, that counts as a storm worth giving
+/// memory back after (see [`Budget::storm`]).
+pub const STORM_BYTES: usize = 32 * 1024 * 1024;
 
 impl Budget {
     /// A budget of `limit` bytes for all queues together.
@@ -158,12 +164,31 @@ impl Budget {
         Arc::new(Budget {
             used: AtomicUsize::new(0),
             limit,
+            storm: Notify::new(),
         })
     }
 
     /// Bytes charged by all queues now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the total has passed [`STORM_BYTES`] upwards, or at
+    /// once if it did since the last call returned. So whoever watches for
+    /// storms sleeps, with no timer, while the server is quiet; the cost
+    /// on the path of every line is one comparison.
+    pub async fn storm(&self) {
+        self.storm.notified().await;
+    }
+
+    /// Charges `cost` bytes; returns the new total.
+    fn charge(&self, cost: usize) -> usize {
+        let total = self.used.fetch_add(cost, Ordering::AcqRel) + cost;
+        if total >= STORM_BYTES && total - cost < STORM_BYTES {
+            // A permit is kept if nobody waits yet: no storm is missed.
+            self.storm.notify_one();
+        }
+        total
     }
 
     fn over(&self) -> bool {
@@ -403,7 +428,7 @@ impl Outbox {
             return false;
         }
         let queued = st.queued.fetch_add(cost, Ordering::AcqRel) + cost;
-        let total = st.budget.used.fetch_add(cost, Ordering::AcqRel) + cost;
+        let total = st.budget.charge(cost);
         let over_own = queued > st.limit && (queued > st.limit * 2 || st.frozen());
         if over_own || (total > st.budget.limit && st.frozen()) {
             tracing::debug!(
@@ -653,6 +678,35 @@ async fn write_all_marking<W: AsyncWrite + PeerSocket + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
+
+    /// [`Budget::storm`] hears of each time the total passes
+    /// [`STORM_BYTES`] upwards, once, even when nobody was waiting then;
+    /// growing while above it, or a quiet budget, tells nothing.
+    #[test]
+    fn a_storm_is_told_once_per_crossing() {
+        let budget = Budget::new(usize::MAX);
+        let (ob, drain) = outbox(1 << 30, Duration::from_secs(3600), budget.clone());
+        let mib = Bytes::from(vec![b'x'; 1 << 20]);
+        assert_eq!(budget.storm().now_or_never(), None, "quiet");
+        for _ in 0..31 {
+            assert!(ob.push(mib.clone()));
+        }
+        assert_eq!(budget.storm().now_or_never(), None, "31 MiB: not yet");
+        assert!(ob.push(mib.clone()));
+        assert!(budget.used() >= STORM_BYTES);
+        assert_eq!(budget.storm().now_or_never(), Some(()), "passed");
+        assert!(ob.push(mib.clone()));
+        assert_eq!(budget.storm().now_or_never(), None, "still above: once");
+        drop(ob);
+        drop(drain);
+        assert_eq!(budget.used(), 0, "a closed queue gives its bytes back");
+        let (ob, _drain) = outbox(1 << 30, Duration::from_secs(3600), budget.clone());
+        for _ in 0..32 {
+            assert!(ob.push(mib.clone()));
+        }
+        assert_eq!(budget.storm().now_or_never(), Some(()), "the next storm");
+    }
 
     /// A reader whose writer is merely behind is not cut at the limit (the
     /// server, not the reader, is slow); twice the limit is a hard bound.
