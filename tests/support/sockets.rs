@@ -57,6 +57,10 @@ pub fn tcp_socket(local_port: u16, remote_port: u16) -> Option<TcpEntry> {
 /// Waits (polling the kernel's table, bounded by `timeout`) until `check`
 /// holds for the socket local_port→remote_port (`None`: it is gone).
 /// Returns whether it did.
+///
+/// It must hold in three reads in a row: the kernel reads the table out
+/// in pieces while sockets come and go, so one read can miss a row that
+/// is there, and "gone" seen once could be that miss.
 pub fn wait_for_socket(
     local_port: u16,
     remote_port: u16,
@@ -64,9 +68,15 @@ pub fn wait_for_socket(
     check: impl Fn(Option<&TcpEntry>) -> bool,
 ) -> bool {
     let deadline = Instant::now() + timeout;
+    let mut in_a_row = 0;
     loop {
         if check(tcp_socket(local_port, remote_port).as_ref()) {
-            return true;
+            in_a_row += 1;
+            if in_a_row == 3 {
+                return true;
+            }
+        } else {
+            in_a_row = 0;
         }
         if Instant::now() > deadline {
             return false;
