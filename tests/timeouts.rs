@@ -189,15 +189,29 @@ async fn a_sender_slowed_by_its_line_rate_is_not_idle() {
         ..Config::default()
     })
     .await;
-    let (mut flood, mut fw) = lines(addr).await;
-    fw.write_all(b"rename|flood\n").await.unwrap();
-    read_until(&mut flood, "ok rename: you are now flood").await;
+    let (mut flood, mut fw) = named(addr, "flood").await;
     let text: String = (0..30).map(|i| format!("line {i}\n")).collect();
     fw.write_all(text.as_bytes()).await.unwrap();
     read_until(&mut flood, "<flood> line 29").await;
     fw.write_all(b"after\n").await.unwrap();
     let got = read_until(&mut flood, "<flood> after").await;
     assert_eq!(got, ["<flood> after"], "the sender was cut: {got:?}");
+}
+
+/// A connection that took `name` (its `ok rename` read).
+async fn named(
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> (
+    tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    let (mut r, mut w) = lines(addr).await;
+    w.write_all(format!("rename|{name}\n").as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut r, &format!("ok rename: you are now {name}")).await;
+    (r, w)
 }
 
 /// Reads lines from `r` until one equals `last`; returns them all.
@@ -228,19 +242,9 @@ async fn a_sender_over_its_line_rate_is_slowed_and_loses_nothing() {
         ..Config::default()
     })
     .await;
-    let (mut ear, mut ew) = lines(addr).await;
-    ew.write_all(b"rename|ear\n").await.unwrap();
-    read_until(&mut ear, "ok rename: you are now ear").await;
-    let mut named = Vec::new();
-    for name in ["flood", "other"] {
-        let (mut r, mut w) = lines(addr).await;
-        w.write_all(format!("rename|{name}\n").as_bytes())
-            .await
-            .unwrap();
-        read_until(&mut r, &format!("ok rename: you are now {name}")).await;
-        named.push((r, w));
-    }
-    let [(mut flood, mut fw), (_or, mut ow)] = <[_; 2]>::try_from(named).unwrap();
+    let (mut ear, _ew) = named(addr, "ear").await;
+    let (mut flood, mut fw) = named(addr, "flood").await;
+    let (_or, mut ow) = named(addr, "other").await;
 
     let t0 = tokio::time::Instant::now();
     let text: String = (0..30).map(|i| format!("line {i}\n")).collect();

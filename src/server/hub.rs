@@ -466,11 +466,7 @@ impl Hub {
         let (old, notice) = match renamed {
             Ok(moved) => moved,
             Err(holder) => {
-                if let Some(c) = &self.cluster {
-                    if !respell {
-                        Box::pin(c.release(new)).await;
-                    }
-                }
+                self.unclaim(!respell, new).await;
                 return Err(RenameError::Taken(holder));
             }
         };
@@ -545,11 +541,7 @@ impl Hub {
         let (old, displaced) = match outcome {
             Ok(taken) => taken,
             Err(holder) => {
-                if let Some(c) = &self.cluster {
-                    if !here {
-                        Box::pin(c.release(name)).await;
-                    }
-                }
+                self.unclaim(!here, name).await;
                 return Err(LoginError::Taken(Some(holder)));
             }
         };
@@ -620,6 +612,14 @@ impl Hub {
         }
         let moved = self.move_user(&mut users, user, name, key, true);
         Ok((Some(moved), displaced))
+    }
+
+    /// Gives `name`'s cluster claim back when `claimed` (this operation
+    /// made it) and the name then turned out to be taken here after all.
+    async fn unclaim(&self, claimed: bool, name: &str) {
+        if let (true, Some(c)) = (claimed, &self.cluster) {
+            Box::pin(c.release(name)).await;
+        }
     }
 
     /// Under the lock: moves `user` from its name to the free `new`, whose

@@ -181,6 +181,11 @@ impl Budget {
         self.storm.notified().await;
     }
 
+    /// Gives back `bytes` charged before (lines written, dropped or cut).
+    fn refund(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
     /// Charges `cost` bytes; returns the new total.
     fn charge(&self, cost: usize) -> usize {
         let total = self.used.fetch_add(cost, Ordering::AcqRel) + cost;
@@ -360,7 +365,7 @@ impl Drop for Drain {
             lines.queue = VecDeque::new();
             lines.count = 0;
             let left = st.queued.swap(0, Ordering::AcqRel);
-            st.budget.used.fetch_sub(left, Ordering::AcqRel);
+            st.budget.refund(left);
         }
         st.close(LeaveReason::Error);
     }
@@ -439,7 +444,7 @@ impl Outbox {
                 "queue cut"
             );
             st.queued.fetch_sub(cost, Ordering::AcqRel);
-            st.budget.used.fetch_sub(cost, Ordering::AcqRel);
+            st.budget.refund(cost);
             drop(lines);
             st.close(LeaveReason::TooSlow);
             return false;
@@ -589,7 +594,7 @@ impl Drain {
                     return false;
                 }
                 st.queued.fetch_sub(charged, Ordering::AcqRel);
-                st.budget.used.fetch_sub(charged, Ordering::AcqRel);
+                st.budget.refund(charged);
                 bump(&st.written.bytes, buf.len() as u64);
                 charged = 0;
                 st.progress.notify_waiters();
