@@ -79,6 +79,14 @@ struct Args {
     /// queue is full.
     #[arg(long, env = "IMD_STALL_MS", default_value_t = 1000)]
     stall_ms: u64,
+    /// Milliseconds between two writes to one user while lines keep
+    /// coming for it: each write then carries every line that came
+    /// meanwhile, so fan-out costs a system call per user per interval,
+    /// not per line, however many cores are idle. A user's first lines
+    /// after a quiet spell, and answers to what it just sent, are written
+    /// at once. 0 writes every line as soon as a core is free.
+    #[arg(long, env = "IMD_WRITE_INTERVAL_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    write_interval_ms: u64,
     /// Speak TLS (1.2 and 1.3) with this certificate: a PEM file, the
     /// server's certificate first, then any intermediates. Needs --tls-key.
     /// Plaintext clients then get nothing; each client has 10 seconds to
@@ -196,6 +204,7 @@ async fn main() -> ExitCode {
         max_lines_per_sec: std::num::NonZeroU32::new(args.max_lines_per_sec),
         presence_limit: args.presence_limit as usize,
         stall_timeout: Duration::from_millis(args.stall_ms),
+        write_interval: Duration::from_millis(args.write_interval_ms),
         accounts: accounts.clone(),
         tls,
         ..Config::default()

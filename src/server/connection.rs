@@ -14,13 +14,15 @@
 //! queue once, when the read's lines are used up, another kind of command
 //! comes, or the batch reaches `BATCH_BYTES` (16 KiB). Each recipient then costs
 //! one queue push, at most one writer wake-up and one system call per
-//! batch, not per line. The batch grows with the load by itself: while the
-//! server keeps up, a read holds one line and it goes out at once; when it
-//! falls behind, lines pile up in the sender's socket and the next read
-//! holds many (NATS flushes its clients once per read buffer for the same
-//! reason). Order is unchanged: a batch is broadcast under one hub lock,
-//! like a single line, and anything else the sender asks for is
-//! handled after its earlier lines went out.
+//! batch, not per line. The batch grows with the load by itself: when the
+//! server falls behind, lines pile up in the sender's socket and the next
+//! read holds many (NATS flushes its clients once per read buffer for the
+//! same reason). Order is unchanged: a batch is broadcast under one hub
+//! lock, like a single line, and anything else the sender asks for is
+//! handled after its earlier lines went out. What a reader's writer then
+//! does with the batches of many senders, and of many reads, is in
+//! [`super::pace`]: under a steady flow it writes once per interval, so
+//! idle cores do not turn every batch into a write of its own.
 //!
 //! # Overload
 //!
@@ -289,6 +291,9 @@ impl Connection {
                         return LeaveReason::Quit;
                     }
                     Ok(n) => {
+                        // Its answers go out without waiting for the write
+                        // interval (src/server/outbox.rs, `Pace`).
+                        self.user.outbox.hurry();
                         chunk = if n == room { (chunk * 2).min(MAX_READ) } else { SMALL_READ };
                         if let Some(idle) = idle {
                             idle_sleep.as_mut().reset(Instant::now() + idle);
@@ -636,6 +641,49 @@ mod tests {
             got.contains("*** 127.0.0.1:4002 is offline (quit)\n"),
             "{got:?}"
         );
+    }
+
+    /// A client that waits for each answer before it asks again (a script
+    /// sending line by line, `imc send`) gets every answer at once: the
+    /// write interval paces lines that others' traffic brings, not answers
+    /// to the user's own input. In paused time, twenty exchanges take no
+    /// time at all; paced, each would take an interval.
+    #[tokio::test(start_paused = true)]
+    async fn answers_are_not_held_for_the_write_interval() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let hub = hub();
+        assert!(!hub.config().write_interval.is_zero());
+        let (mut to_server, from_client) = tokio::io::duplex(1 << 16);
+        let (to_client, from_server) = tokio::io::duplex(1 << 16);
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        tokio::spawn(serve(
+            from_client,
+            to_client,
+            addr,
+            hub.clone(),
+            CancellationToken::new(),
+        ));
+        let mut from_server = BufReader::new(from_server);
+        let mut line = String::new();
+        from_server.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("*** welcome"), "{line}");
+        let t0 = Instant::now();
+        for i in 0..20 {
+            to_server
+                .write_all(format!("line {i}\n").as_bytes())
+                .await
+                .unwrap();
+            line.clear();
+            from_server.read_line(&mut line).await.unwrap();
+            assert_eq!(line, format!("<127.0.0.1:4000> line {i}\n"));
+            to_server.write_all(b"who\n").await.unwrap();
+            for want in ["who 127.0.0.1:4000\n", "ok who: 1 online\n"] {
+                line.clear();
+                from_server.read_line(&mut line).await.unwrap();
+                assert_eq!(line, want);
+            }
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO, "an answer waited");
     }
 
     /// Reads `r` until the next line from 127.0.0.1:4000, which must be

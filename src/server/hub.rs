@@ -253,6 +253,7 @@ impl Hub {
             self.config.stall_timeout,
             self.budget.clone(),
         );
+        let drain = drain.write_interval(self.config.write_interval);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let user = User {
             id,

@@ -18,14 +18,16 @@
 //! - [`connection`]: one client's session: read, parse, call the hub,
 //!   reply; [`line_rate`]: the flood control it applies to what it reads.
 //! - [`hub`]: who is online, the protocol's operations, fan-out.
-//! - [`outbox`]: the per-user queue, bounded in bytes, and its writer.
+//! - [`outbox`]: the per-user queue, bounded in bytes, and its writer;
+//!   [`pace`]: how often that writer writes (`--write-interval-ms`), which
+//!   keeps fan-out's cost per line from growing with the cores.
 //! - [`cluster`]: several nodes as one chat over Redis (`imd --redis`),
 //!   plugged in behind the hub.
 //! - [`metrics`]: what the server counts, and `GET /metrics` for
 //!   Prometheus (`imd --metrics`).
 //!
 //! Modules depend downwards only: listener → (tls →) connection → hub →
-//! cluster, metrics, outbox; none of them imports from the client side.
+//! cluster, metrics, outbox → pace; none of them imports from the client side.
 
 pub mod accounts;
 pub mod admission;
@@ -37,6 +39,7 @@ pub mod line_rate;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
+pub mod pace;
 pub mod throttle;
 pub mod tls;
 

@@ -47,6 +47,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::pace::Pace;
 use crate::protocol::LeaveReason;
 
 /// Most bytes the writer hands to one `write` call. Batching many lines per
@@ -262,6 +263,9 @@ struct State {
     blocked_since_ms: AtomicU64,
     /// Lines and bytes written to the socket, for the metrics (see [`Tally`]).
     written: Written,
+    /// Set when the user's own input was just read ([`Outbox::hurry`]):
+    /// the writer's next write does not wait for its write interval.
+    hurry: AtomicBool,
 }
 
 /// What a writer has written. Only the writer task adds to it, once per
@@ -317,6 +321,9 @@ pub fn count_lines(bytes: &[u8]) -> u64 {
 #[derive(Debug)]
 pub struct Drain {
     state: Arc<State>,
+    /// Under a steady flow, the least time from one write to the next; see
+    /// [`Drain::write_interval`]. Zero: every wake-up writes at once.
+    interval: Duration,
 }
 
 /// Creates a queue holding at most `limit` bytes, charged to `budget` as
@@ -337,12 +344,16 @@ pub fn outbox(limit: usize, stall: Duration, budget: Arc<Budget>) -> (Outbox, Dr
         born: Instant::now(),
         blocked_since_ms: AtomicU64::new(0),
         written: Written::default(),
+        hurry: AtomicBool::new(false),
     });
     (
         Outbox {
             state: state.clone(),
         },
-        Drain { state },
+        Drain {
+            state,
+            interval: Duration::ZERO,
+        },
     )
 }
 
@@ -453,10 +464,24 @@ impl Outbox {
         lines.count += n;
         let was_empty = lines.queue.len() == 1;
         drop(lines);
-        if was_empty {
+        // The writer waits for lines in an empty queue, and may be waiting
+        // out its write interval (see `Drain::write_interval`) when an
+        // answer or a full batch comes, neither of which waits.
+        let full = queued >= BATCH_BYTES && queued - cost < BATCH_BYTES;
+        if was_empty || full || st.hurry.load(Ordering::Relaxed) {
             st.ready.notify_one();
         }
         true
+    }
+
+    /// Tells the writer that the user just sent something: what is queued
+    /// next is probably its answer (an echo, a `who` reply), which a client
+    /// waits for before it sends again, so it goes out without waiting for
+    /// the write interval ([`Drain::write_interval`]). Pacing is for lines
+    /// that others' traffic brings; a client in a request-and-answer loop
+    /// is not slowed to one exchange per interval.
+    pub fn hurry(&self) {
+        self.state.hurry.store(true, Ordering::Relaxed);
     }
 
     /// Resolves when the connection must end because of its outbox.
@@ -538,6 +563,31 @@ impl Outbox {
 }
 
 impl Drain {
+    /// Sets the write interval: a writer that wrote less than `interval`
+    /// ago waits until that much has passed before it writes again, and
+    /// then writes everything queued meanwhile in one system call.
+    ///
+    /// This is what keeps the cost of a delivery from growing with the
+    /// server's cores. A write to a socket costs microseconds whatever it
+    /// carries, so fan-out is cheap only when each write carries many
+    /// lines. Without the interval that happens only when the server is
+    /// short of CPU (a writer not run for a while finds many lines queued);
+    /// with idle cores around, every writer runs the moment a line lands
+    /// in its queue and writes that line alone, so a server with more
+    /// cores spends more CPU on the same load. With it, a busy reader gets
+    /// at most one write per interval however many cores are idle: the
+    /// batch a write carries depends on the load, not on the cores.
+    ///
+    /// A line that finds its writer idle for longer than the interval (the
+    /// first line after a quiet spell: most chat, a one-shot `imc send`)
+    /// is written at once; only a steady flow waits, by at most the
+    /// interval. Nothing waits once a full [`BATCH_BYTES`] is queued, and
+    /// the last lines of a closing connection go out at once.
+    pub fn write_interval(mut self, interval: Duration) -> Drain {
+        self.interval = interval;
+        self
+    }
+
     /// Writes queued lines to `w` in batches until every [`Outbox`] handle is
     /// dropped (then flushes what is left and shuts the socket down) or the
     /// outbox is cut (then stops at once: a client that does not read must
@@ -551,7 +601,28 @@ impl Drain {
         let mut buf: Vec<u8> = Vec::new();
         // What the lines in `buf` were charged.
         let mut charged = 0;
+        let mut pace = Pace::new(self.interval);
+        // The timer that waits out the write interval, kept while lines
+        // flow (boxed: an idle connection's task holds none).
+        let mut pause: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
+            if let Some(due) = pace.next_write() {
+                if self.should_wait(due) {
+                    let sleep =
+                        pause.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                    sleep.as_mut().reset(due);
+                    // Woken early to look again when a wait stops making
+                    // sense: an answer or a full batch queued, or closing.
+                    tokio::select! {
+                        biased;
+                        _ = cut.cancelled() => return true,
+                        _ = st.ready.notified() => continue,
+                        _ = sleep.as_mut() => {}
+                    }
+                }
+            }
+            // A hurry from before this batch was taken is used up by it.
+            st.hurry.store(false, Ordering::Relaxed);
             let (finished, batch_lines) = {
                 let mut lines = st.lock();
                 std::mem::swap(&mut lines.queue, &mut batch);
@@ -565,6 +636,7 @@ impl Drain {
                 // (drained) deque the swap just left in the shared queue.
                 buf = Vec::new();
                 batch = VecDeque::new();
+                pause = None;
                 {
                     let mut lines = st.lock();
                     if lines.queue.is_empty() {
@@ -601,10 +673,30 @@ impl Drain {
                 buf.clear();
             }
             bump(&st.written.lines, batch_lines);
+            pace.wrote();
         }
         // The outbox is gone: the connection is ending normally.
         let _ = w.shutdown().await;
         false
+    }
+}
+
+impl Drain {
+    /// Whether the writer should wait until `due` (when its write pace
+    /// allows the next write) before writing what is queued: not once that
+    /// has passed, nor with nothing queued (it then waits for lines
+    /// anyway), a full batch queued, the user's own input just read
+    /// ([`Outbox::hurry`]), or the connection closing.
+    fn should_wait(&self, due: Instant) -> bool {
+        let st = &self.state;
+        if Instant::now() >= due {
+            return false;
+        }
+        let queued = st.queued.load(Ordering::Acquire);
+        if queued == 0 || queued >= BATCH_BYTES || st.hurry.load(Ordering::Relaxed) {
+            return false;
+        }
+        !st.lock().finished
     }
 }
 
@@ -1187,5 +1279,202 @@ mod edge_tests {
             }
         };
         assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset));
+    }
+}
+
+/// The write interval as the writer applies it ([`Drain::write_interval`];
+/// the rule itself is [`super::pace`]), in paused time: every instant a
+/// write happens is exact, so these are not timing tests.
+#[cfg(test)]
+mod pace_tests {
+    use super::*;
+    use crate::server::pace::WRITE_BURST;
+
+    const INTERVAL: Duration = Duration::from_millis(5);
+
+    /// What each write carried, and when.
+    type Writes = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
+
+    /// An in-memory socket that takes everything at once and records each
+    /// write with its time.
+    struct Timed(Writes);
+
+    impl AsyncWrite for Timed {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.lock().unwrap().push((Instant::now(), buf.to_vec()));
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    impl PeerSocket for Timed {}
+
+    /// A queue whose writer writes to a [`Timed`] socket at most once per
+    /// [`INTERVAL`] under a steady flow.
+    fn paced() -> (Outbox, Writes, tokio::task::JoinHandle<bool>) {
+        let (ob, drain) = outbox(1 << 20, Duration::from_secs(1), Budget::new(usize::MAX));
+        let writes = Writes::default();
+        let writer = tokio::spawn(
+            drain
+                .write_interval(INTERVAL)
+                .write_to(Timed(writes.clone())),
+        );
+        (ob, writes, writer)
+    }
+
+    /// Lets the writer run without letting time pass.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn count(writes: &Writes) -> usize {
+        writes.lock().unwrap().len()
+    }
+
+    /// Spends the writer's burst: [`WRITE_BURST`] lines, each written at
+    /// once.
+    async fn spend_the_burst(ob: &Outbox, writes: &Writes) {
+        let before = count(writes);
+        for i in 0..WRITE_BURST as usize {
+            assert!(ob.push(Bytes::from(format!("burst {i}\n"))));
+            settle().await;
+            assert_eq!(
+                count(writes),
+                before + i + 1,
+                "burst line {i} is written at once"
+            );
+        }
+    }
+
+    /// A line a millisecond: after the burst, one write per interval, each
+    /// carrying every line that came meanwhile, none of them held longer
+    /// than an interval, all in order; the last one goes out as the queue
+    /// closes, without waiting.
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_flow_is_written_once_per_interval() {
+        let (ob, writes, writer) = paced();
+        let t0 = Instant::now();
+        let mut sent = Vec::new();
+        for i in 0..100 {
+            let line = format!("line {i}\n");
+            sent.extend_from_slice(line.as_bytes());
+            assert!(ob.push(Bytes::from(line)));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let last = Bytes::from_static(b"last\n");
+        sent.extend_from_slice(&last);
+        assert!(ob.push(last));
+        let closed_at = Instant::now();
+        drop(ob);
+        assert!(!writer.await.unwrap());
+        let writes = writes.lock().unwrap();
+        let got: Vec<u8> = writes.iter().flat_map(|(_, b)| b.clone()).collect();
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            String::from_utf8(sent).unwrap()
+        );
+        let burst = WRITE_BURST as usize;
+        for (i, w) in writes.windows(2).enumerate().skip(burst) {
+            let gap = w[1].0 - w[0].0;
+            if i + 2 < writes.len() {
+                assert_eq!(
+                    gap,
+                    INTERVAL,
+                    "write {} came {gap:?} after the one before",
+                    i + 1
+                );
+            }
+        }
+        assert_eq!(writes.last().unwrap().0, closed_at, "closing does not wait");
+        // 100 ms of lines: the burst, then one write per 5 ms.
+        assert!(
+            writes.len() <= burst + 100 / 5 + 1,
+            "{} writes",
+            writes.len()
+        );
+        let lines: Vec<u64> = writes.iter().map(|(_, b)| count_lines(b)).collect();
+        assert!(
+            lines[burst + 1..lines.len() - 1].iter().all(|&n| n >= 4),
+            "{lines:?}"
+        );
+        assert!(writes[0].0 == t0);
+    }
+
+    /// The last lines of a closing connection are not held back.
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_queue_is_written_at_once() {
+        let (ob, writes, writer) = paced();
+        spend_the_burst(&ob, &writes).await;
+        let t = Instant::now();
+        assert!(ob.push(Bytes::from_static(b"goodbye\n")));
+        settle().await;
+        drop(ob);
+        settle().await;
+        assert!(writer.is_finished(), "the writer did not wait");
+        assert_eq!(
+            writes.lock().unwrap().last().unwrap(),
+            &(t, b"goodbye\n".to_vec())
+        );
+    }
+
+    /// A writer quiet for longer than a burst's worth of intervals writes
+    /// its next lines at once again: ordinary chat never waits.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_quiet_spell_lines_go_out_at_once() {
+        let (ob, writes, _writer) = paced();
+        spend_the_burst(&ob, &writes).await;
+        assert!(ob.push(Bytes::from_static(b"paced\n")));
+        settle().await;
+        let burst = WRITE_BURST as usize;
+        assert_eq!(count(&writes), burst, "the burst is spent: it waits");
+        tokio::time::sleep(INTERVAL * (WRITE_BURST + 1)).await;
+        assert_eq!(count(&writes), burst + 1, "written one interval later");
+        spend_the_burst(&ob, &writes).await;
+    }
+
+    /// Once the user's own input was read ([`Outbox::hurry`]), what comes
+    /// next (its answer) is written at once, every time; a client waiting
+    /// for each answer is not slowed to one exchange per interval. A
+    /// full batch is not held back either.
+    #[tokio::test(start_paused = true)]
+    async fn answers_and_full_batches_do_not_wait() {
+        let (ob, writes, _writer) = paced();
+        spend_the_burst(&ob, &writes).await;
+        let t = Instant::now();
+        for i in 0..20 {
+            ob.hurry();
+            assert!(ob.push(Bytes::from(format!("answer {i}\n"))));
+            settle().await;
+            assert_eq!(
+                writes.lock().unwrap().last().unwrap().1,
+                format!("answer {i}\n").as_bytes(),
+                "answer {i} is written at once"
+            );
+        }
+        assert_eq!(Instant::now(), t, "no time passed");
+        let before = count(&writes);
+        assert!(ob.push(Bytes::from_static(b"not an answer\n")));
+        settle().await;
+        assert_eq!(count(&writes), before, "without a hurry it waits");
+        assert!(ob.push(Bytes::from(vec![b'x'; BATCH_BYTES])));
+        settle().await;
+        assert_eq!(count(&writes), before + 1, "a full batch goes at once");
+        assert_eq!(Instant::now(), t, "no time passed");
     }
 }
