@@ -33,7 +33,8 @@
 //! are slowed: their lines wait in their own sockets, and TCP flow control
 //! slows them down. Readers are cut off only when their socket refuses data
 //! (see [`super::outbox`]). The idle clock does not run while a sender is
-//! held back this way.
+//! held back this way. A sender's own queue counts too: a client whose
+//! answers pile up faster than it reads them is read more slowly, not cut.
 //!
 //! The handler is generic over the read and write halves so it can be driven
 //! by a TCP socket or, in unit tests, by `tokio_test::io` mocks.
@@ -210,6 +211,12 @@ impl Connection {
                         if let Some(end) = self.handle(frame, shutdown).await {
                             return end;
                         }
+                        // Answers to this user pile up faster than it
+                        // takes them: read no more of its lines until
+                        // they drain, as for any congested reader.
+                        if self.user.outbox.congested() {
+                            self.congested.push(self.user.clone());
+                        }
                         read_again_at = rate.as_mut().and_then(|r| r.take(Instant::now()));
                         if read_again_at.is_some() {
                             hub.metrics().rate_limited();
@@ -241,6 +248,8 @@ impl Connection {
             // same way as a slow reader does.
             let cluster_behind = hub.cluster_behind();
             if !self.congested.is_empty() || cluster_behind {
+                // Public lines read before the wait go out before it.
+                self.flush();
                 let congested = std::mem::take(&mut self.congested);
                 let drained = async {
                     for u in &congested {
@@ -684,6 +693,53 @@ mod tests {
             }
         }
         assert_eq!(t0.elapsed(), Duration::ZERO, "an answer waited");
+    }
+
+    /// A client that sends commands faster than it reads their answers is
+    /// read more slowly, not cut off: once its own queue is over half full,
+    /// no more of its lines are read until the queue drains. (One that does
+    /// not read at all is still cut, once its socket has refused data for
+    /// the stall timeout: see `limits` in tests/.)
+    #[tokio::test(start_paused = true)]
+    async fn a_client_slow_to_read_its_answers_is_slowed_not_cut() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const N: usize = 500;
+        let config = Config {
+            queue_bytes: 4096,
+            ..Config::default()
+        };
+        let hub = Hub::new(config, None);
+        let (mut to_server, from_client) = tokio::io::duplex(1 << 16);
+        let (to_client, mut from_server) = tokio::io::duplex(256);
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let session = tokio::spawn(serve(
+            from_client,
+            to_client,
+            addr,
+            hub.clone(),
+            CancellationToken::new(),
+        ));
+        // About 50 KB of answers, twelve times the queue's limit, asked
+        // for at once; nothing is read for half the stall timeout.
+        to_server
+            .write_all("who\n".repeat(N).as_bytes())
+            .await
+            .unwrap();
+        to_server.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut got = String::new();
+        from_server.read_to_string(&mut got).await.unwrap();
+        session.await.unwrap();
+        assert!(
+            !got.contains("too slow"),
+            "cut off: {}",
+            &got[got.len() - 200..]
+        );
+        assert_eq!(
+            got.matches("ok who: 1 online\n").count(),
+            N,
+            "every answer came"
+        );
     }
 
     /// Reads `r` until the next line from 127.0.0.1:4000, which must be
