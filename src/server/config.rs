@@ -64,7 +64,7 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// Under a steady flow of lines, the least time between two writes to
     /// one user's socket, so that each write carries every line that came
-    /// meanwhile (see [`Drain::write_interval`](super::outbox::Drain::write_interval)):
+    /// meanwhile (see [`paced_outbox`](super::outbox::paced_outbox)):
     /// the cost of fan-out then depends on the load, not on how many cores
     /// are idle. The first line after a quiet spell is written at once.
     /// 5 ms: on the fan-out bench (BENCHMARKS.md) it halves the server's

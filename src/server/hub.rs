@@ -12,7 +12,8 @@
 //!
 //! How a sender's lines are batched before they get here is in
 //! [`super::connection`]; how overload slows senders rather than cutting
-//! readers is in [`super::outbox`].
+//! readers is in [`super::outbox`]; how often each reader's socket is
+//! written to, whatever the cores, is in [`super::pace`].
 //!
 //! # One lock, never across an await
 //!
@@ -44,7 +45,7 @@ use bytes::Bytes;
 use super::accounts::{Accounts, Verdict};
 use super::cluster::{Cluster, LocalNode};
 use super::metrics::{ClusterStatus, Metrics, Source};
-use super::outbox::{count_lines, outbox, Budget, Drain, Outbox};
+use super::outbox::{count_lines, paced_outbox, Budget, Drain, Outbox};
 use super::Config;
 use crate::protocol::{chosen_name, lookup_key, name_key, nfc, LeaveReason, NameError, ServerLine};
 
@@ -248,12 +249,12 @@ impl Hub {
     /// A user for a new connection from `addr`, not yet online, and the
     /// writer side of its queue.
     pub fn new_user(&self, addr: SocketAddr) -> (Arc<User>, Drain) {
-        let (outbox, drain) = outbox(
+        let (outbox, drain) = paced_outbox(
             self.config.queue_bytes,
             self.config.stall_timeout,
+            self.config.write_interval,
             self.budget.clone(),
         );
-        let drain = drain.write_interval(self.config.write_interval);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let user = User {
             id,

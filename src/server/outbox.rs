@@ -27,7 +27,9 @@
 //! fast as the server writes is not slow, the server is.
 //!
 //! Lines are [`Bytes`], so one broadcast line is built once and shared by all
-//! its recipients: a push is a reference-count increment, not a copy.
+//! its recipients: a push is a reference-count increment, not a copy. The
+//! writer takes the whole queue per write; how often it may write under a
+//! steady flow is [`super::pace`]'s rule.
 //!
 //! (Over 400 lines: the queue, the server-wide budget and the writer share
 //! one private `State`, so they stay in one file; about 420 lines are
@@ -266,6 +268,8 @@ struct State {
     /// Set when the user's own input was just read ([`Outbox::hurry`]):
     /// the writer's next write does not wait for its write interval.
     hurry: AtomicBool,
+    /// See [`paced_outbox`]; zero: the writer never waits.
+    interval: Duration,
 }
 
 /// What a writer has written. Only the writer task adds to it, once per
@@ -321,15 +325,27 @@ pub fn count_lines(bytes: &[u8]) -> u64 {
 #[derive(Debug)]
 pub struct Drain {
     state: Arc<State>,
-    /// Under a steady flow, the least time from one write to the next; see
-    /// [`Drain::write_interval`]. Zero: every wake-up writes at once.
-    interval: Duration,
 }
 
 /// Creates a queue holding at most `limit` bytes, charged to `budget` as
 /// well, for a reader that counts as frozen once its socket has refused
-/// data for `stall`.
+/// data for `stall`. Its writer writes whenever there is something to
+/// write; [`paced_outbox`] is the same with a write interval.
 pub fn outbox(limit: usize, stall: Duration, budget: Arc<Budget>) -> (Outbox, Drain) {
+    paced_outbox(limit, stall, Duration::ZERO, budget)
+}
+
+/// [`outbox`] whose writer, while lines keep coming, writes at most once
+/// per `interval`, each write carrying everything queued meanwhile, so
+/// that fan-out's cost per line does not grow with idle cores. What waits
+/// and what does not (the first lines after a quiet spell, answers, a full
+/// [`BATCH_BYTES`], a closing connection) is [`super::pace`]'s rule.
+pub fn paced_outbox(
+    limit: usize,
+    stall: Duration,
+    interval: Duration,
+    budget: Arc<Budget>,
+) -> (Outbox, Drain) {
     let state = Arc::new(State {
         lines: Mutex::new(Lines::default()),
         ready: Notify::new(),
@@ -345,15 +361,13 @@ pub fn outbox(limit: usize, stall: Duration, budget: Arc<Budget>) -> (Outbox, Dr
         blocked_since_ms: AtomicU64::new(0),
         written: Written::default(),
         hurry: AtomicBool::new(false),
+        interval,
     });
     (
         Outbox {
             state: state.clone(),
         },
-        Drain {
-            state,
-            interval: Duration::ZERO,
-        },
+        Drain { state },
     )
 }
 
@@ -465,7 +479,7 @@ impl Outbox {
         let was_empty = lines.queue.len() == 1;
         drop(lines);
         // The writer waits for lines in an empty queue, and may be waiting
-        // out its write interval (see `Drain::write_interval`) when an
+        // out its write interval (see `paced_outbox`) when an
         // answer or a full batch comes, neither of which waits.
         let full = queued >= BATCH_BYTES && queued - cost < BATCH_BYTES;
         if was_empty || full || st.hurry.load(Ordering::Relaxed) {
@@ -477,7 +491,7 @@ impl Outbox {
     /// Tells the writer that the user just sent something: what is queued
     /// next is probably its answer (an echo, a `who` reply), which a client
     /// waits for before it sends again, so it goes out without waiting for
-    /// the write interval ([`Drain::write_interval`]). Pacing is for lines
+    /// the write interval ([`paced_outbox`]). Pacing is for lines
     /// that others' traffic brings; a client in a request-and-answer loop
     /// is not slowed to one exchange per interval.
     pub fn hurry(&self) {
@@ -563,31 +577,6 @@ impl Outbox {
 }
 
 impl Drain {
-    /// Sets the write interval: a writer that wrote less than `interval`
-    /// ago waits until that much has passed before it writes again, and
-    /// then writes everything queued meanwhile in one system call.
-    ///
-    /// This is what keeps the cost of a delivery from growing with the
-    /// server's cores. A write to a socket costs microseconds whatever it
-    /// carries, so fan-out is cheap only when each write carries many
-    /// lines. Without the interval that happens only when the server is
-    /// short of CPU (a writer not run for a while finds many lines queued);
-    /// with idle cores around, every writer runs the moment a line lands
-    /// in its queue and writes that line alone, so a server with more
-    /// cores spends more CPU on the same load. With it, a busy reader gets
-    /// at most one write per interval however many cores are idle: the
-    /// batch a write carries depends on the load, not on the cores.
-    ///
-    /// A line that finds its writer idle for longer than the interval (the
-    /// first line after a quiet spell: most chat, a one-shot `imc send`)
-    /// is written at once; only a steady flow waits, by at most the
-    /// interval. Nothing waits once a full [`BATCH_BYTES`] is queued, and
-    /// the last lines of a closing connection go out at once.
-    pub fn write_interval(mut self, interval: Duration) -> Drain {
-        self.interval = interval;
-        self
-    }
-
     /// Writes queued lines to `w` in batches until every [`Outbox`] handle is
     /// dropped (then flushes what is left and shuts the socket down) or the
     /// outbox is cut (then stops at once: a client that does not read must
@@ -601,23 +590,16 @@ impl Drain {
         let mut buf: Vec<u8> = Vec::new();
         // What the lines in `buf` were charged.
         let mut charged = 0;
-        let mut pace = Pace::new(self.interval);
-        // The timer that waits out the write interval, kept while lines
-        // flow (boxed: an idle connection's task holds none).
-        let mut pause: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut pace = Pace::new(st.interval);
         loop {
             if let Some(due) = pace.next_write() {
                 if self.should_wait(due) {
-                    let sleep =
-                        pause.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-                    sleep.as_mut().reset(due);
-                    // Woken early to look again when a wait stops making
-                    // sense: an answer or a full batch queued, or closing.
-                    tokio::select! {
-                        biased;
-                        _ = cut.cancelled() => return true,
-                        _ = st.ready.notified() => continue,
-                        _ = sleep.as_mut() => {}
+                    // Boxed: only a steady flow waits, and every idle
+                    // connection's task would hold the wait's timer.
+                    match Box::pin(self.pause_until(due)).await {
+                        Pause::Cut => return true,
+                        Pause::Woken => continue,
+                        Pause::Due => {}
                     }
                 }
             }
@@ -636,7 +618,6 @@ impl Drain {
                 // (drained) deque the swap just left in the shared queue.
                 buf = Vec::new();
                 batch = VecDeque::new();
-                pause = None;
                 {
                     let mut lines = st.lock();
                     if lines.queue.is_empty() {
@@ -681,7 +662,30 @@ impl Drain {
     }
 }
 
+/// How a writer's wait for its write interval ended.
+enum Pause {
+    /// The outbox was cut.
+    Cut,
+    /// Something came that may not wait: look again.
+    Woken,
+    /// The interval is over.
+    Due,
+}
+
 impl Drain {
+    /// Waits until `due`, or until a wait stops making sense: an answer or
+    /// a full batch queued, or the connection closing (each of which wakes
+    /// the writer, see [`Outbox::push_lines`]).
+    async fn pause_until(&self, due: Instant) -> Pause {
+        let st = &self.state;
+        tokio::select! {
+            biased;
+            _ = st.cut.cancelled() => Pause::Cut,
+            _ = st.ready.notified() => Pause::Woken,
+            _ = tokio::time::sleep_until(due) => Pause::Due,
+        }
+    }
+
     /// Whether the writer should wait until `due` (when its write pace
     /// allows the next write) before writing what is queued: not once that
     /// has passed, nor with nothing queued (it then waits for lines
@@ -776,6 +780,19 @@ async fn write_all_marking<W: AsyncWrite + PeerSocket + Unpin>(
 mod tests {
     use super::*;
     use futures_util::FutureExt;
+
+    /// Every connection's writer task holds this future while idle, so it
+    /// counts at 10,000 connections (BENCHMARKS target 4): 448 bytes
+    /// before the write interval, 480 with its pace (a wait for it is
+    /// boxed, and the interval lives in the shared state: async fn
+    /// arguments are held twice).
+    #[test]
+    fn writer_future_is_small() {
+        let (_ob, drain) = outbox(1, Duration::ZERO, Budget::new(1));
+        let size = std::mem::size_of_val(&drain.write_to(tokio::io::sink()));
+        eprintln!("write_to() future: {size} bytes");
+        assert!(size <= 480, "write_to() future is {size} bytes");
+    }
 
     /// [`Budget::storm`] hears of each time the total passes
     /// [`STORM_BYTES`] upwards, once, even when nobody was waiting then;
@@ -1282,7 +1299,7 @@ mod edge_tests {
     }
 }
 
-/// The write interval as the writer applies it ([`Drain::write_interval`];
+/// The write interval as the writer applies it ([`paced_outbox`];
 /// the rule itself is [`super::pace`]), in paused time: every instant a
 /// write happens is exact, so these are not timing tests.
 #[cfg(test)]
@@ -1326,13 +1343,14 @@ mod pace_tests {
     /// A queue whose writer writes to a [`Timed`] socket at most once per
     /// [`INTERVAL`] under a steady flow.
     fn paced() -> (Outbox, Writes, tokio::task::JoinHandle<bool>) {
-        let (ob, drain) = outbox(1 << 20, Duration::from_secs(1), Budget::new(usize::MAX));
-        let writes = Writes::default();
-        let writer = tokio::spawn(
-            drain
-                .write_interval(INTERVAL)
-                .write_to(Timed(writes.clone())),
+        let (ob, drain) = paced_outbox(
+            1 << 20,
+            Duration::from_secs(1),
+            INTERVAL,
+            Budget::new(usize::MAX),
         );
+        let writes = Writes::default();
+        let writer = tokio::spawn(drain.write_to(Timed(writes.clone())));
         (ob, writes, writer)
     }
 
