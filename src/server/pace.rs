@@ -44,28 +44,21 @@ use tokio::time::Instant;
 /// a join, too few to matter to a steady flow.
 pub const WRITE_BURST: u32 = 4;
 
-/// When one writer may write next.
-#[derive(Debug)]
+/// When one writer may write next, for a given interval (the writer's
+/// queue keeps the interval: every idle connection's task holds this, so it
+/// is kept to one instant).
+#[derive(Debug, Default)]
 pub struct Pace {
-    interval: Duration,
     /// The bucket is empty until then; None: full (no write yet, or the
     /// interval is zero).
     empty_until: Option<Instant>,
 }
 
 impl Pace {
-    /// A full bucket; an `interval` of zero never waits.
-    pub fn new(interval: Duration) -> Pace {
-        Pace {
-            interval,
-            empty_until: None,
-        }
-    }
-
     /// The earliest instant the next write may start, if there is one (it
     /// may be past).
-    pub fn next_write(&self) -> Option<Instant> {
-        let burst = self.interval * (WRITE_BURST - 1);
+    pub fn next_write(&self, interval: Duration) -> Option<Instant> {
+        let burst = interval * (WRITE_BURST - 1);
         self.empty_until.map(|t| t.checked_sub(burst).unwrap_or(t))
     }
 
@@ -74,14 +67,14 @@ impl Pace {
     /// write more than one interval away: without that bound, the hundreds
     /// of writes of a join storm would each push the next write one
     /// interval further and hold a reader back for seconds.
-    pub fn wrote(&mut self) {
-        if self.interval.is_zero() {
+    pub fn wrote(&mut self, interval: Duration) {
+        if interval.is_zero() {
             return;
         }
         let now = Instant::now();
         let from = self.empty_until.map_or(now, |t| t.max(now));
-        let most = now + self.interval * WRITE_BURST;
-        self.empty_until = Some((from + self.interval).min(most));
+        let most = now + interval * WRITE_BURST;
+        self.empty_until = Some((from + interval).min(most));
     }
 }
 
@@ -89,11 +82,11 @@ impl Pace {
 mod tests {
     use super::*;
 
-    const MS: Duration = Duration::from_millis(1);
+    const I: Duration = Duration::from_millis(5);
 
     /// Whether a write may start now.
     fn may_write(p: &Pace) -> bool {
-        p.next_write().is_none_or(|t| t <= Instant::now())
+        p.next_write(I).is_none_or(|t| t <= Instant::now())
     }
 
     /// A burst of [`WRITE_BURST`] writes, then one per interval while writes
@@ -101,24 +94,24 @@ mod tests {
     /// another whole burst.
     #[tokio::test(start_paused = true)]
     async fn a_burst_then_one_write_per_interval() {
-        let mut p = Pace::new(5 * MS);
+        let mut p = Pace::default();
         for i in 0..WRITE_BURST {
             assert!(may_write(&p), "write {i} of the burst");
-            p.wrote();
+            p.wrote(I);
         }
         assert!(!may_write(&p), "the burst is spent");
         for _ in 0..10 {
-            let due = p.next_write().unwrap();
-            assert_eq!(due - Instant::now(), 5 * MS, "one interval after the last");
+            let due = p.next_write(I).unwrap();
+            assert_eq!(due - Instant::now(), I, "one interval after the last");
             tokio::time::sleep_until(due).await;
             assert!(may_write(&p));
-            p.wrote();
+            p.wrote(I);
             assert!(!may_write(&p));
         }
-        tokio::time::sleep(5 * MS * WRITE_BURST).await;
+        tokio::time::sleep(I * WRITE_BURST).await;
         for i in 0..WRITE_BURST {
             assert!(may_write(&p), "write {i} of the second burst");
-            p.wrote();
+            p.wrote(I);
         }
         assert!(!may_write(&p));
     }
@@ -127,25 +120,25 @@ mod tests {
     /// interval after the last.
     #[tokio::test(start_paused = true)]
     async fn writes_that_did_not_wait_delay_the_next_by_one_interval_at_most() {
-        let mut p = Pace::new(5 * MS);
+        let mut p = Pace::default();
         for _ in 0..1000 {
-            p.wrote();
+            p.wrote(I);
         }
-        let due = p.next_write().unwrap();
-        assert_eq!(due - Instant::now(), 5 * MS);
-        tokio::time::sleep(MS).await;
-        p.wrote();
-        assert_eq!(p.next_write().unwrap() - Instant::now(), 5 * MS);
+        let due = p.next_write(I).unwrap();
+        assert_eq!(due - Instant::now(), I);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        p.wrote(I);
+        assert_eq!(p.next_write(I).unwrap() - Instant::now(), I);
     }
 
     /// An interval of zero never waits.
     #[tokio::test(start_paused = true)]
     async fn a_zero_interval_never_waits() {
-        let mut p = Pace::new(Duration::ZERO);
+        let mut p = Pace::default();
         for _ in 0..100 {
-            assert!(may_write(&p));
-            p.wrote();
+            assert!(p.next_write(Duration::ZERO).is_none());
+            p.wrote(Duration::ZERO);
         }
-        assert_eq!(p.next_write(), None);
+        assert_eq!(p.next_write(Duration::ZERO), None);
     }
 }
