@@ -28,6 +28,11 @@
 #   QUOTA=25   limit the server to this % of one core (a cgroup's CPU quota;
 #       needs a writable cgroup v1 cpu controller or cgroup v2): puts the
 #       server far past its capacity while the load generator keeps up
+#   HOGS=7   start this many busy loops on the first CONFIG's server CPUs for the whole
+#       run (each ends by itself after an hour at most, and with the
+#       script): the server then gets about 1/(HOGS+1) of its cores while
+#       the load generator keeps its own. Far past capacity where QUOTA
+#       cannot be used (a read-only cgroup); not with a shared layout.
 #   SEED_BIN=path/to/im-seed-server for SERVERS containing seed (default:
 #       built by ../shared/reference/go-seed/build.sh when Go is there)
 #   REDIS_BIN, NATS_BIN   the redis-server / nats-server to run (default:
@@ -95,11 +100,13 @@ runs_dir=$OUT/fanout-$stamp
 mkdir -p "$runs_dir"
 
 SPID=
+HOG_PIDS=()
 cleanup() {
     if [ -n "$SPID" ]; then
         kill "$SPID" 2>/dev/null || true
         wait "$SPID" 2>/dev/null || true
     fi
+    for p in "${HOG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     if [ -n "${CGROUP:-}" ]; then rmdir "$CGROUP" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
@@ -164,6 +171,15 @@ stop_server() {
     SPID=
 }
 
+HOGS=${HOGS:-}
+if [ -n "$HOGS" ]; then
+    hog_cpus=${CONFIGS%%:*}
+    for _ in $(seq "$HOGS"); do
+        timeout 3600 taskset -c "$hog_cpus" python3 -c 'while True: pass' &
+        HOG_PIDS+=($!)
+    done
+fi
+
 model=$( (lscpu 2>/dev/null || true) | sed -n 's/^Model name: *//p' | head -1)
 echo "# Open-loop pub/sub fan-out: ${servers[*]}"
 echo
@@ -174,6 +190,9 @@ for c in $CONFIGS; do
 done
 if [ -n "$QUOTA" ]; then
     echo "- server CPU quota: $QUOTA% of one core (cgroup $CGROUP)"
+fi
+if [ -n "$HOGS" ]; then
+    echo "- $HOGS busy loops share the server's cpu(s) ${CONFIGS%%:*} for the whole run"
 fi
 if [ -n "${SERVER_THREADS:-}" ]; then
     echo "- server threads: $SERVER_THREADS (TOKIO_WORKER_THREADS / GOMAXPROCS), whatever its cores"

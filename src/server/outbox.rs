@@ -32,8 +32,9 @@
 //! steady flow is [`super::pace`]'s rule.
 //!
 //! (Over 400 lines: the queue, the server-wide budget and the writer share
-//! one private `State`, so they stay in one file; about 420 lines are
-//! tests, most of them the exact edges mutation testing asked for.)
+//! one private `State`, so they stay in one file; about 720 lines are
+//! tests, most of them the exact edges mutation testing asked for, and
+//! the write interval's instants in paused time.)
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
