@@ -340,7 +340,7 @@ pub fn outbox(limit: usize, stall: Duration, budget: Arc<Budget>) -> (Outbox, Dr
 /// per `interval`, each write carrying everything queued meanwhile, so
 /// that fan-out's cost per line does not grow with idle cores. What waits
 /// and what does not (the first lines after a quiet spell, answers, a full
-/// [`BATCH_BYTES`], a closing connection) is [`super::pace`]'s rule.
+/// 64 KiB (`BATCH_BYTES`), a closing connection) is [`super::pace`]'s rule.
 pub fn paced_outbox(
     limit: usize,
     stall: Duration,
