@@ -23,6 +23,9 @@
 #   part A: imd on 1 core and on 4 cores, Redis on 1 core. This is what the
 #           targets compare: 4 cores vs 1 for imd, imd vs Redis's one core.
 #   part B: imd on 2 cores; NATS and the seed on 4 cores.
+#   part C: imd-nopace (--write-interval-ms 0, the writer before session 7)
+#           on 1 core and on 4 cores: what the write interval changes, on
+#           the cores that issue 9 is about. Only with device time left.
 #   part all: A then B.
 # Each part ends by itself before RUN_BUDGET seconds (default 540, under the
 # device tool's 600 s per command): bench-fanout.sh's STOP_AT skips runs
@@ -199,9 +202,10 @@ EOF
     case $part in
         A) one_config "imd redis" "$s1" 1; one_config imd "$s4" 4 ;;
         B) one_config imd "$s2" 2; one_config "nats seed" "$s4" 4 ;;
+        C) one_config imd-nopace "$s1" 1; one_config imd-nopace "$s4" 4 ;;
         all) one_config "imd redis" "$s1" 1; one_config imd "$s4" 4
              one_config imd "$s2" 2; one_config "nats seed" "$s4" 4 ;;
-        *) echo "unknown part $part (A, B or all)" >&2; exit 2 ;;
+        *) echo "unknown part $part (A, B, C or all)" >&2; exit 2 ;;
     esac
     verdict "$out" | tee -a "$out/part-$part.md"
     # Everything in one file; the summaries stay beside it for `verdict`.
@@ -254,6 +258,11 @@ for rate in rates:
     if one and two:
         bound = one["latency_us_p99"] * 1.2 + 5000
         line(two["latency_us_p99"] <= bound, f"p99 at {rate/1e6:g} M/s, 2 cores {two['latency_us_p99']/1000:.1f} ms vs 1 core {one['latency_us_p99']/1000:.1f} ms (target <= 1.2x + 5 ms)")
+for (server, n, rate), off in sorted(cell.items()):
+    on = cell.get(("imd", n, rate))
+    if server == "imd-nopace" and on and on.get("server_cpu_us_per_delivery") and off.get("server_cpu_us_per_delivery"):
+        print(f"- write interval, {n} core(s) at {rate/1e6:g} M/s: CPU per delivery {on['server_cpu_us_per_delivery']:.3f} µs paced vs "
+              f"{off['server_cpu_us_per_delivery']:.3f} µs unpaced; p99 {on['latency_us_p99']/1000:.1f} vs {off['latency_us_p99']/1000:.1f} ms")
 redis_best = max((m["deliveries_per_sec"] for (s, c, _), m in cell.items() if s == "redis" and c == 1), default=None)
 if redis_best:
     print(f"- Redis on one core delivered at most {redis_best/1e6:.2f} M/s in these runs")

@@ -21,7 +21,8 @@
 #   CONFIGS="1:0 0-1:0-1"   server on cpu 1 / load on cpu 0; then both share both
 #   RATES="2500000 5000000 10000000"
 #   SUBSCRIBERS=500 PUBLISHERS=1 SIZE=100 DURATION=3 DRAIN=10 REPEAT=3
-#   SERVERS="imd redis nats"   (also: imd-before, seed)
+#   SERVERS="imd redis nats"   (also: imd-before, seed, and imd-nopace:
+#       the same imd with --write-interval-ms 0, its writers unpaced)
 #   OUT=bench-results BIN=target/release BUILD=1 (0: do not run cargo build)
 #   BASE_BIN=path/to/an/older/imd   for SERVERS containing imd-before: the
 #       same load against another build, for before/after figures
@@ -81,10 +82,10 @@ SEED_BIN=${SEED_BIN:-${TMPDIR:-/tmp}/go-seed/bin/im-seed-server}
 if [[ " $SERVERS " == *" seed "* ]] && [ ! -x "$SEED_BIN" ] && command -v go >/dev/null; then
     bash ../shared/reference/go-seed/build.sh "$(dirname "$SEED_BIN")" >&2
 fi
-declare -A server_bin=([imd]=$BIN/imd [imd-before]=${BASE_BIN:-} [seed]=$SEED_BIN
+declare -A server_bin=([imd]=$BIN/imd [imd-nopace]=$BIN/imd [imd-before]=${BASE_BIN:-} [seed]=$SEED_BIN
     [redis]=${REDIS_BIN:-$(find_cmd redis-server)} [nats]=${NATS_BIN:-$(find_cmd nats-server)})
 # The protocol the load generator speaks to each kind.
-declare -A proto_of=([imd]=imd [imd-before]=imd [seed]=imd [redis]=redis [nats]=nats)
+declare -A proto_of=([imd]=imd [imd-nopace]=imd [imd-before]=imd [seed]=imd [redis]=redis [nats]=nats)
 servers=()
 for s in $SERVERS; do
     if [ -n "${server_bin[$s]:-}" ] && [ -x "${server_bin[$s]}" ]; then
@@ -124,6 +125,8 @@ start_server() {
     fi
     case $kind in
         imd | imd-before) "${threads[@]}" taskset -c "$cpus" "${server_bin[$kind]}" --ip 127.0.0.1 --port "$SPORT" --idle-timeout 0 >"$log" 2>&1 & ;;
+        imd-nopace) "${threads[@]}" taskset -c "$cpus" "${server_bin[$kind]}" --ip 127.0.0.1 --port "$SPORT" --idle-timeout 0 \
+            --write-interval-ms 0 >"$log" 2>&1 & ;;
         seed) "${threads[@]}" taskset -c "$cpus" "${server_bin[seed]}" -port "$SPORT" >"$log" 2>&1 & ;;
         redis) taskset -c "$cpus" "${server_bin[redis]}" --bind 127.0.0.1 --port "$SPORT" \
             --save '' --appendonly no --protected-mode no >"$log" 2>&1 & ;;
