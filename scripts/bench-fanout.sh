@@ -124,9 +124,11 @@ start_server() {
         threads=(env "TOKIO_WORKER_THREADS=$SERVER_THREADS" "GOMAXPROCS=$SERVER_THREADS")
     fi
     case $kind in
-        imd | imd-before) "${threads[@]}" taskset -c "$cpus" "${server_bin[$kind]}" --ip 127.0.0.1 --port "$SPORT" --idle-timeout 0 >"$log" 2>&1 & ;;
-        imd-nopace) "${threads[@]}" taskset -c "$cpus" "${server_bin[$kind]}" --ip 127.0.0.1 --port "$SPORT" --idle-timeout 0 \
-            --write-interval-ms 0 >"$log" 2>&1 & ;;
+        imd | imd-before | imd-nopace)
+            local pace=()
+            [ "$kind" = imd-nopace ] && pace=(--write-interval-ms 0)
+            "${threads[@]}" taskset -c "$cpus" "${server_bin[$kind]}" --ip 127.0.0.1 --port "$SPORT" --idle-timeout 0 \
+                "${pace[@]}" >"$log" 2>&1 & ;;
         seed) "${threads[@]}" taskset -c "$cpus" "${server_bin[seed]}" -port "$SPORT" >"$log" 2>&1 & ;;
         redis) taskset -c "$cpus" "${server_bin[redis]}" --bind 127.0.0.1 --port "$SPORT" \
             --save '' --appendonly no --protected-mode no >"$log" 2>&1 & ;;

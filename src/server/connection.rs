@@ -301,7 +301,7 @@ impl Connection {
                     }
                     Ok(n) => {
                         // Its answers go out without waiting for the write
-                        // interval (src/server/outbox.rs, `Pace`).
+                        // interval (`Outbox::hurry`, src/server/pace.rs).
                         self.user.outbox.hurry();
                         chunk = if n == room { (chunk * 2).min(MAX_READ) } else { SMALL_READ };
                         if let Some(idle) = idle {

@@ -1038,9 +1038,12 @@ mod edge_tests {
     use std::sync::atomic::AtomicBool;
     use tokio::io::AsyncReadExt;
 
-    /// An in-memory socket that takes everything at once and records the
-    /// size of each write.
-    struct Recorder(Arc<Mutex<Vec<usize>>>);
+    /// What each write carried, and when.
+    pub(super) type Writes = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
+
+    /// An in-memory socket that takes everything at once and records each
+    /// write, with its time.
+    pub(super) struct Recorder(pub(super) Writes);
 
     impl AsyncWrite for Recorder {
         fn poll_write(
@@ -1048,7 +1051,7 @@ mod edge_tests {
             _: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
-            self.0.lock().unwrap().push(buf.len());
+            self.0.lock().unwrap().push((Instant::now(), buf.to_vec()));
             Poll::Ready(Ok(buf.len()))
         }
         fn poll_flush(
@@ -1134,10 +1137,16 @@ mod edge_tests {
             assert!(ob.push(Bytes::from(vec![b'x'; 1024])));
         }
         drop(ob);
-        let writes = Arc::new(Mutex::new(Vec::new()));
+        let writes = Writes::default();
         let cut = drain.write_to(Recorder(writes.clone())).await;
         assert!(!cut, "finished, not cut");
-        assert_eq!(*writes.lock().unwrap(), [65536, 65536, 65536, 8192]);
+        let sizes: Vec<usize> = writes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.len())
+            .collect();
+        assert_eq!(sizes, [65536, 65536, 65536, 8192]);
     }
 
     /// At exactly its limit a frozen reader's queue is kept; one more line
@@ -1305,43 +1314,13 @@ mod edge_tests {
 /// write happens is exact, so these are not timing tests.
 #[cfg(test)]
 mod pace_tests {
+    use super::edge_tests::{Recorder, Writes};
     use super::*;
     use crate::server::pace::WRITE_BURST;
 
     const INTERVAL: Duration = Duration::from_millis(5);
 
-    /// What each write carried, and when.
-    type Writes = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
-
-    /// An in-memory socket that takes everything at once and records each
-    /// write with its time.
-    struct Timed(Writes);
-
-    impl AsyncWrite for Timed {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.0.lock().unwrap().push((Instant::now(), buf.to_vec()));
-            Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-    impl PeerSocket for Timed {}
-
-    /// A queue whose writer writes to a [`Timed`] socket at most once per
+    /// A queue whose writer writes to a [`Recorder`] socket at most once per
     /// [`INTERVAL`] under a steady flow.
     fn paced() -> (Outbox, Writes, tokio::task::JoinHandle<bool>) {
         let (ob, drain) = paced_outbox(
@@ -1351,7 +1330,7 @@ mod pace_tests {
             Budget::new(usize::MAX),
         );
         let writes = Writes::default();
-        let writer = tokio::spawn(drain.write_to(Timed(writes.clone())));
+        let writer = tokio::spawn(drain.write_to(Recorder(writes.clone())));
         (ob, writes, writer)
     }
 
